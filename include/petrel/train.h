@@ -1,0 +1,107 @@
+/*
+ * petrel train: the model interface, the single-process training loop, evaluation
+ * and run metrics (metrics.jsonl).
+ *
+ * A model is a registry of parameters plus a forward function from a batch of
+ * features to logits; the built-in ones live in apps/. petrel_train runs epochs of
+ * shuffled mini-batches (forward, softmax cross-entropy, backward, optimizer step),
+ * evaluates on the test set after each epoch, writes one JSON object per event to
+ * <out_dir>/metrics.jsonl and saves <out_dir>/model.ckpt at the end.
+ *
+ * The training step allocates nothing once the first step has sized the compute
+ * arena (tests hold it to that with the allocation counter).
+ *
+ * Threading: a trainer runs on the calling thread; kernels may use `threads`
+ * threads inside. Models are not shared between concurrent trainers.
+ */
+#ifndef PETREL_TRAIN_H
+#define PETREL_TRAIN_H
+
+#include "petrel/data.h"
+#include "petrel/nn.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct petrel_model petrel_model;
+
+struct petrel_model {
+    const char *name;       /* "mlp" */
+    char meta[256];         /* checkpoint metadata that rebuilds it: "model=mlp hidden=256 ..." */
+    petrel_params *params;  /* owned */
+    int64_t in_dim, classes;
+    /* x (B, in_dim) -> logits (B, classes). */
+    petrel_tensor *(*forward)(petrel_model *m, petrel_graph *g, petrel_tensor *x, bool training);
+    /* Frees the model-specific part; petrel_model_free frees params and m itself. */
+    void (*fini)(petrel_model *m);
+};
+
+/* Frees a model made by an app constructor. Accepts NULL. */
+void petrel_model_free(petrel_model *m);
+
+typedef struct petrel_train_config {
+    int64_t epochs;
+    int64_t batch;
+    petrel_optim_config optim;
+    uint64_t seed;           /* data order and dropout; the model was seeded by its constructor */
+    int threads;             /* math-library threads */
+    const char *out_dir;     /* metrics.jsonl and model.ckpt go here; NULL: nowhere */
+    int progress;            /* 1 on, 0 off, -1 when stderr is a terminal */
+    int64_t max_steps;       /* stop after this many steps in total (0: no limit) */
+    int64_t eval_batch;      /* batch size for evaluation */
+    bool quiet;              /* no end-of-epoch summary lines on stderr */
+} petrel_train_config;
+
+/* 5 epochs of batch 64, SGD lr 0.1, seed 1, one thread, progress when on a terminal. */
+petrel_train_config petrel_train_config_default(void);
+
+typedef struct petrel_train_result {
+    int64_t epochs, steps;
+    double train_loss;      /* mean over the last epoch */
+    double test_loss, test_accuracy;
+    double samples_per_sec; /* training steps only; evaluation excluded */
+    double wall_s;
+    double peak_rss_mb;
+} petrel_train_result;
+
+/* Trains m on train and evaluates on test (may be NULL). Errors: invalid config,
+ * a dataset that does not fit the model (feature count, classes), I/O on out_dir. */
+PETREL_NODISCARD petrel_err petrel_train(petrel_model *m, const petrel_dataset *train,
+                                         const petrel_dataset *test,
+                                         const petrel_train_config *cfg,
+                                         petrel_train_result *result);
+
+/* Accuracy and mean loss of m on d, in batches of `batch`. */
+PETREL_NODISCARD petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d,
+                                            int64_t batch, double *accuracy, double *loss);
+
+/* ---- metrics.jsonl -------------------------------------------------------------- */
+
+/* One JSON object per line. A line is built with begin, fields, end:
+ *     petrel_metrics_begin(mf, "epoch");
+ *     petrel_metrics_int(mf, "epoch", 3);
+ *     petrel_metrics_num(mf, "train_loss", 0.41);
+ *     petrel_metrics_end(mf);            // writes {"event":"epoch","epoch":3,...}\n
+ */
+typedef struct petrel_metrics petrel_metrics;
+
+/* Creates dir if needed and opens dir/metrics.jsonl for writing (truncating). */
+PETREL_NODISCARD petrel_err petrel_metrics_open(petrel_metrics **out, const char *dir);
+void petrel_metrics_close(petrel_metrics *m);
+void petrel_metrics_begin(petrel_metrics *m, const char *event);
+void petrel_metrics_int(petrel_metrics *m, const char *key, int64_t v);
+void petrel_metrics_num(petrel_metrics *m, const char *key, double v);
+void petrel_metrics_str(petrel_metrics *m, const char *key, const char *v);
+/* Ends the line and flushes it, so a crashed run keeps every finished event. */
+PETREL_NODISCARD petrel_err petrel_metrics_end(petrel_metrics *m);
+
+/* Makes a directory and its parents (mkdir -p). */
+PETREL_NODISCARD petrel_err petrel_mkdirs(const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

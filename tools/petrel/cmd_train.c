@@ -1,0 +1,192 @@
+/* petrel train: single-process training of a built-in model. */
+#include "apps.h"
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static void train_usage(FILE *f) {
+    fprintf(f,
+            "usage: petrel train [options]\n"
+            "\n"
+            "Trains a model with softmax cross-entropy, evaluates it after every epoch, and\n"
+            "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
+            "\n"
+            "options (default in brackets):\n"
+            "  --model NAME        softmax | mlp | cnn [mlp]\n"
+            "  --hidden N[,N..]    mlp hidden widths [256]\n"
+            "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
+            "[fashion-mnist]\n"
+            "  --test PATH         test set file (IDX images or libsvm) [the named dataset's]\n"
+            "  --epochs N          passes over the training data [5]\n"
+            "  --batch B           samples per step [64]\n"
+            "  --optimizer NAME    sgd | momentum | adagrad | adam [sgd]\n"
+            "  --lr LR             learning rate [sgd 0.1, momentum 0.01, adagrad 0.01, "
+            "adam 0.001]\n"
+            "  --weight-decay WD   L2 penalty added to gradients [0]\n"
+            "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads) [1]\n"
+            "  --seed S            seed for weights and data order [1]\n"
+            "  --out DIR           output directory [runs/<model>]\n"
+            "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
+            "  --kernels NAME      cpu | reference (naive loops, for checking) [cpu]\n"
+            "  --progress          always draw the progress line [only on a terminal]\n"
+            "  --no-progress       never draw it\n"
+            "  -q, --quiet         no per-epoch lines on stderr\n"
+            "  -h, --help          show this help\n");
+}
+
+static float default_lr(petrel_optim_kind kind) {
+    switch (kind) {
+    case PETREL_OPTIM_SGD: return 0.1f;
+    case PETREL_OPTIM_ADAM: return 0.001f;
+    default: return 0.01f;
+    }
+}
+
+static bool parse_hidden(const char *s, int64_t *hidden) {
+    int k = 0;
+    char buf[256];
+    if (strlen(s) >= sizeof buf) return false;
+    strcpy(buf, s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (k == 3 || !cli_parse_i64(tok, &hidden[k]) || hidden[k] <= 0) return false;
+        k++;
+    }
+    hidden[k] = 0;
+    return k > 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    enum { OPT_HIDDEN = 256, OPT_TEST, OPT_LR, OPT_WD, OPT_MAX_STEPS, OPT_KERNELS, OPT_PROGRESS,
+           OPT_NO_PROGRESS, OPT_OPTIMIZER, OPT_THREADS };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},     {"hidden", required_argument, 0, OPT_HIDDEN},
+        {"data", required_argument, 0, 'd'},      {"test", required_argument, 0, OPT_TEST},
+        {"epochs", required_argument, 0, 'e'},    {"batch", required_argument, 0, 'b'},
+        {"optimizer", required_argument, 0, OPT_OPTIMIZER},
+        {"lr", required_argument, 0, OPT_LR},     {"weight-decay", required_argument, 0, OPT_WD},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"seed", required_argument, 0, 's'},      {"out", required_argument, 0, 'o'},
+        {"max-steps", required_argument, 0, OPT_MAX_STEPS},
+        {"kernels", required_argument, 0, OPT_KERNELS},
+        {"progress", no_argument, 0, OPT_PROGRESS},
+        {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
+        {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    petrel_model_options mo = petrel_model_options_default();
+    petrel_train_config cfg = petrel_train_config_default();
+    const char *data = "fashion-mnist", *test_path = NULL, *out = NULL;
+    petrel_optim_kind kind = PETREL_OPTIM_SGD;
+    float lr = 0, wd = 0;
+    int64_t v;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:d:e:b:s:o:qh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': mo.name = optarg; break;
+        case OPT_HIDDEN:
+            if (!parse_hidden(optarg, mo.hidden))
+                return cli_usage_error("train ", "--hidden wants up to 3 positive widths, got '%s'",
+                                       optarg);
+            break;
+        case 'd': data = optarg; break;
+        case OPT_TEST: test_path = optarg; break;
+        case 'e':
+            if (!cli_parse_i64(optarg, &cfg.epochs) || cfg.epochs < 0)
+                return cli_usage_error("train ", "--epochs wants an integer >= 0, got '%s'", optarg);
+            break;
+        case 'b':
+            if (!cli_parse_i64(optarg, &cfg.batch) || cfg.batch <= 0)
+                return cli_usage_error("train ", "--batch wants an integer > 0, got '%s'", optarg);
+            break;
+        case OPT_OPTIMIZER:
+            if (petrel_optim_parse(optarg, &kind) != PETREL_OK)
+                return cli_usage_error("train ", "%s", petrel_errmsg());
+            break;
+        case OPT_LR:
+            if (!cli_parse_f32(optarg, &lr) || !(lr > 0))
+                return cli_usage_error("train ", "--lr wants a number > 0, got '%s'", optarg);
+            break;
+        case OPT_WD:
+            if (!cli_parse_f32(optarg, &wd) || wd < 0)
+                return cli_usage_error("train ", "--weight-decay wants a number >= 0, got '%s'",
+                                       optarg);
+            break;
+        case OPT_THREADS:
+            if (!cli_parse_i64(optarg, &v) || v < 1 || v > 1024)
+                return cli_usage_error("train ", "--threads wants 1..1024, got '%s'", optarg);
+            cfg.threads = (int)v;
+            break;
+        case 's':
+            if (!cli_parse_i64(optarg, &v) || v < 0)
+                return cli_usage_error("train ", "--seed wants an integer >= 0, got '%s'", optarg);
+            cfg.seed = mo.seed = (uint64_t)v;
+            break;
+        case 'o': out = optarg; break;
+        case OPT_MAX_STEPS:
+            if (!cli_parse_i64(optarg, &cfg.max_steps) || cfg.max_steps < 0)
+                return cli_usage_error("train ", "--max-steps wants an integer >= 0, got '%s'",
+                                       optarg);
+            break;
+        case OPT_KERNELS:
+            if (strcmp(optarg, "cpu") == 0) petrel_kernels_set_current(petrel_kernels_cpu());
+            else if (strcmp(optarg, "reference") == 0)
+                petrel_kernels_set_current(petrel_kernels_reference());
+            else return cli_usage_error("train ", "--kernels wants cpu or reference");
+            break;
+        case OPT_PROGRESS: cfg.progress = 1; break;
+        case OPT_NO_PROGRESS: cfg.progress = 0; break;
+        case 'q': cfg.quiet = true; break;
+        case 'h': train_usage(stdout); return CLI_OK;
+        default: return cli_usage_error("train ", "bad option");
+        }
+    }
+    if (optind < argc) return cli_usage_error("train ", "unexpected argument '%s'", argv[optind]);
+    cfg.optim = petrel_optim_config_default(kind, lr > 0 ? lr : default_lr(kind));
+    cfg.optim.weight_decay = wd;
+    char out_buf[512];
+    if (!out) {
+        snprintf(out_buf, sizeof out_buf, "runs/%s", mo.name);
+        out = out_buf;
+    }
+    cfg.out_dir = out;
+
+    petrel_dataset *train = NULL, *test = NULL;
+    petrel_model *model = NULL;
+    petrel_err err = petrel_app_load_data(data, test_path, &train, &test);
+    if (err != PETREL_OK) return cli_fail(err, "loading data", NULL);
+    mo.in_dim = train->dim;
+    mo.classes = train->num_classes;
+    if (test && test->num_classes > mo.classes) mo.classes = test->num_classes;
+    if (train->channels > 0) {
+        mo.channels = train->channels;
+        mo.height = train->height;
+        mo.width = train->width;
+    }
+    int rc = CLI_OK;
+    if ((err = petrel_model_new(&model, &mo)) != PETREL_OK) {
+        rc = cli_fail(err, "building the model", "petrel train --help lists the models");
+        goto done;
+    }
+    if (!cfg.quiet)
+        fprintf(stderr, "petrel: training %s (%zu parameters) on %lld samples, %s lr %g, batch %lld\n",
+                model->meta, petrel_params_numel(model->params), (long long)train->n,
+                petrel_optim_name(kind), (double)cfg.optim.lr, (long long)cfg.batch);
+    petrel_train_result r;
+    if ((err = petrel_train(model, train, test, &cfg, &r)) != PETREL_OK) {
+        rc = cli_fail(err, "training", NULL);
+        goto done;
+    }
+    printf("model %s  epochs %lld  steps %lld  train_loss %.4f  test_accuracy %.4f  "
+           "samples/s %.0f  wall %.1fs  peak_rss %.0f MB\n",
+           model->name, (long long)r.epochs, (long long)r.steps, r.train_loss, r.test_accuracy,
+           r.samples_per_sec, r.wall_s, r.peak_rss_mb);
+    printf("wrote %s/metrics.jsonl and %s/model.ckpt\n", out, out);
+done:
+    petrel_model_free(model);
+    petrel_dataset_free(train);
+    petrel_dataset_free(test);
+    return rc;
+}
