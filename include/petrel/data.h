@@ -1,0 +1,207 @@
+/*
+ * petrel data: datasets read from IDX (MNIST-style), libsvm and CSV files, and a
+ * batcher that shards, shuffles and gathers mini-batches for data-parallel training.
+ *
+ * Formats (docs/data.md has the details and the exact error shapes):
+ *   IDX     images idx3 + labels idx1, pixels scaled to [0, 1]; dense.
+ *   libsvm  "label index:value ..." with 1-based ascending indices; sparse (CSR).
+ *   CSV     numeric columns, one of them the label; dense.
+ * Every reader also accepts a gzip-compressed file (detected by its 1f 8b magic).
+ * Labels become classes 0 .. num_classes-1: IDX labels are used as they are;
+ * libsvm and CSV label values are sorted ascending and numbered, so -1 -> 0 and
+ * +1 -> 1, and label_values keeps the original value of each class.
+ *
+ * Sharding rule: for epoch e every rank computes the same permutation of 0..n-1
+ * (Fisher-Yates driven by a petrel_rng seeded with seed ^ 0x9e3779b97f4a7c15 * (e + 1),
+ * or the identity without shuffle); rank r of size takes the positions
+ * [r*n/size, (r+1)*n/size) of it. The shards of one epoch partition the samples;
+ * their sizes differ by at most one. Batches are consecutive runs of a shard.
+ *
+ * Ownership: a loader returns a petrel_dataset that the caller frees with
+ * petrel_dataset_free. A batcher borrows its dataset, which must outlive it. All
+ * memory comes from petrel_malloc; a batcher allocates nothing after
+ * petrel_batcher_new.
+ *
+ * Threading: a loaded dataset is read-only and may be shared by any number of
+ * threads and batchers. A batcher belongs to one thread at a time. Errors are
+ * recorded per thread (petrel_errmsg).
+ *
+ *     petrel_dataset *train = NULL;
+ *     if (petrel_dataset_load_idx(&train, "train-images-idx3-ubyte.gz",
+ *                                 "train-labels-idx1-ubyte.gz") != PETREL_OK) {
+ *         fprintf(stderr, "%s\n", petrel_errmsg());  // names the file and offset
+ *         return 1;
+ *     }
+ *     petrel_batcher_config cfg = petrel_batcher_config_default();
+ *     cfg.rank = rank, cfg.size = world;
+ *     petrel_batcher *b = NULL;
+ *     if (petrel_batcher_new(&b, train, cfg) != PETREL_OK) ...;
+ *     float *x = petrel_malloc(cfg.batch * train->dim * sizeof(float));
+ *     int32_t *y = petrel_malloc(cfg.batch * sizeof(int32_t));
+ *     for (int64_t epoch = 0; epoch < epochs; epoch++) {
+ *         petrel_batcher_start_epoch(b, epoch);
+ *         for (int64_t m; (m = petrel_batcher_next(b, x, y)) > 0;) train_step(x, y, m);
+ *     }
+ *     petrel_batcher_free(b);
+ *     petrel_dataset_free(train);
+ */
+#ifndef PETREL_DATA_H
+#define PETREL_DATA_H
+
+#include "petrel/core.h"
+#include "petrel/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- datasets ------------------------------------------------------------ */
+
+/* A labelled dataset held in memory. Exactly one of x and sparse holds the
+ * features: x when dense, sparse (with x NULL) when sparse. */
+typedef struct petrel_dataset {
+    int64_t n;                       /* samples */
+    int64_t dim;                     /* features per sample */
+    int64_t channels, height, width; /* image geometry when known (IDX: 1, rows, cols), else 0 */
+    float *x;                        /* dense features (n, dim), row-major, or NULL when sparse */
+    petrel_csr sparse;               /* sparse features (n rows, dim cols) when x is NULL */
+    int32_t *y;                      /* labels mapped to classes 0 .. num_classes-1 */
+    int32_t num_classes;
+    double *label_values; /* for libsvm/csv: original label value of each class
+                             (num_classes entries, ascending), else NULL */
+} petrel_dataset;
+
+/* Frees the dataset and everything it holds. Accepts NULL. */
+void petrel_dataset_free(petrel_dataset *d);
+
+/* True when the features are stored as CSR (d->x is NULL). */
+bool petrel_dataset_is_sparse(const petrel_dataset *d);
+
+/* Loads an IDX image/label pair, such as MNIST or Fashion-MNIST: images are idx3
+ * (magic 0x00000803, then big-endian count, rows, cols, then count*rows*cols
+ * unsigned bytes), labels idx1 (magic 0x00000801, count, then count bytes). Each
+ * file may be gzip-compressed. Pixels become floats p/255 in x (n, rows*cols);
+ * channels = 1, height = rows, width = cols; num_classes = largest label + 1.
+ * Memory grows only as bytes arrive, so a header that lies about its size cannot
+ * cause a large allocation.
+ * Errors: PETREL_ERR_IO (cannot open or read), PETREL_ERR_FORMAT (wrong magic, zero
+ * or oversized dimensions, counts that differ between the files, truncated or
+ * overlong data, corrupt gzip; the message names the file and the byte offset),
+ * PETREL_ERR_NOMEM. *out is a new dataset owned by the caller. */
+PETREL_NODISCARD petrel_err petrel_dataset_load_idx(petrel_dataset **out, const char *images_path,
+                                                    const char *labels_path);
+
+/* Loads a libsvm/svmlight file: one sample per line, "label index:value ...",
+ * indices 1-based and strictly increasing within a line; '#' starts a comment that
+ * runs to the end of the line; blank lines are skipped; lines may be of any length
+ * and the last may lack its newline. The result is sparse (x NULL, sparse holds
+ * column index-1) with dim = max(largest index, dim_hint). Labels (any finite
+ * number: +1, -1, 3, 1.5e0) are numbered in ascending order of value and
+ * label_values records them.
+ * Errors: PETREL_ERR_INVALID (dim_hint outside 0 .. 2^31), PETREL_ERR_IO, PETREL_ERR_FORMAT
+ * ("path:LINE: expected ..."), PETREL_ERR_NOMEM. *out is owned by the caller. */
+PETREL_NODISCARD petrel_err petrel_dataset_load_libsvm(petrel_dataset **out, const char *path,
+                                                       int64_t dim_hint);
+
+/* Same as petrel_dataset_load_libsvm, but the classes are those of train, so that
+ * a test file numbers its labels exactly like its training file: a label is
+ * mapped through train->label_values (or, when train has none, as IDX does, must
+ * be an integer in 0 .. train->num_classes-1). num_classes and label_values are
+ * copied from train; dim = max(largest index, train->dim). A label train lacks is
+ * a PETREL_ERR_FORMAT naming the line. Other errors as for load_libsvm. */
+PETREL_NODISCARD petrel_err petrel_dataset_load_libsvm_like(petrel_dataset **out, const char *path,
+                                                            const petrel_dataset *train);
+
+/* How to read a CSV file. */
+typedef struct petrel_csv_options {
+    int label_column; /* 0-based column of the label, -1 = last */
+    bool header;      /* the first line names the columns and is skipped */
+    char delimiter;   /* field separator, such as ',', ';', '\t' */
+} petrel_csv_options;
+
+/* label_column -1 (last), no header, delimiter ','. */
+petrel_csv_options petrel_csv_options_default(void);
+
+/* Loads a CSV file of numbers: every row has the same number of columns, one of
+ * them the label, the others the dense features (dim = columns - 1, in file
+ * order). Blank lines are skipped; spaces around a number are allowed; quoting is
+ * not supported. Labels are mapped as by petrel_dataset_load_libsvm.
+ * Errors: PETREL_ERR_INVALID (a delimiter that can be part of a number, or a
+ * label column the rows do not have), PETREL_ERR_IO, PETREL_ERR_FORMAT
+ * ("path:LINE: expected 5 columns, found 4"), PETREL_ERR_NOMEM. */
+PETREL_NODISCARD petrel_err petrel_dataset_load_csv(petrel_dataset **out, const char *path,
+                                                    petrel_csv_options opts);
+
+/* A dense copy of d (sparse or dense): x (n, dim) with the missing entries 0;
+ * labels, label values and geometry copied. Refuses (PETREL_ERR_INVALID) when x
+ * would exceed 4 GiB. PETREL_ERR_NOMEM. *out is owned by the caller. */
+PETREL_NODISCARD petrel_err petrel_dataset_to_dense(petrel_dataset **out, const petrel_dataset *d);
+
+/* A sparse copy of d (dense or sparse) that keeps the nonzero entries.
+ * PETREL_ERR_INVALID when dim exceeds the int32 column range; PETREL_ERR_NOMEM. */
+PETREL_NODISCARD petrel_err petrel_dataset_to_sparse(petrel_dataset **out, const petrel_dataset *d);
+
+/* ---- batching ------------------------------------------------------------ */
+
+/* How a batcher walks its dataset. Plain data, passed by value. */
+typedef struct petrel_batcher_config {
+    int64_t batch;  /* samples per batch, >= 1 */
+    bool shuffle;   /* a new permutation every epoch, else the file order */
+    uint64_t seed;  /* permutation seed; must be the same on every rank */
+    int rank, size; /* this process's shard: 0 <= rank < size */
+    bool drop_last; /* skip the last batch of a shard when it is short */
+} petrel_batcher_config;
+
+/* batch 64, shuffle true, seed 1, rank 0, size 1, drop_last false. */
+petrel_batcher_config petrel_batcher_config_default(void);
+
+/* Walks one rank's shard of a dataset in mini-batches (see the sharding rule at
+ * the top of this header). */
+typedef struct petrel_batcher petrel_batcher;
+
+/* Creates a batcher over d (borrowed: d must outlive it) and starts epoch 0. All
+ * memory it will use is allocated here: the permutation (n indices) and, for a
+ * sparse d, one CSR batch sized up front for the largest possible batch,
+ * min(batch * largest row nnz, total nnz) entries, so later calls never allocate.
+ * Errors: PETREL_ERR_INVALID (batch < 1, size < 1, rank outside 0..size-1, n above
+ * 2^32-1), PETREL_ERR_NOMEM. */
+PETREL_NODISCARD petrel_err petrel_batcher_new(petrel_batcher **out, const petrel_dataset *d,
+                                               petrel_batcher_config cfg);
+
+/* Frees the batcher (not its dataset). Accepts NULL. */
+void petrel_batcher_free(petrel_batcher *b);
+
+/* Computes epoch's permutation, a function of (seed, epoch) only and identical on
+ * every rank, and rewinds to the start of this rank's shard. Costs O(n). */
+void petrel_batcher_start_epoch(petrel_batcher *b, int64_t epoch);
+
+/* Samples in this rank's shard: (rank+1)*n/size - rank*n/size. */
+int64_t petrel_batcher_shard_size(const petrel_batcher *b);
+
+/* Batches per epoch for this rank: shard/batch when drop_last, else rounded up.
+ * Ranks may differ by one (shard sizes do); a loop that needs equal step counts on
+ * every rank runs (n / size) / batch steps, which every shard can fill. */
+int64_t petrel_batcher_batches_per_epoch(const petrel_batcher *b);
+
+/* Dense form: gathers the next batch into x (batch, dim), row-major, and its
+ * classes into y (batch; y may be NULL). Returns the number of samples written,
+ * less than batch only for the last batch of a shard (never, with drop_last), and
+ * 0 once the epoch's shard is used up, until the next start_epoch. Sparse rows
+ * are densified into x. */
+int64_t petrel_batcher_next(petrel_batcher *b, float *x, int32_t *y);
+
+/* Sparse form, for a sparse dataset only: *rows points to a CSR (count rows, dim
+ * cols) owned by the batcher and valid until the next call on it; y as for
+ * petrel_batcher_next. Returns the count as petrel_batcher_next does. */
+int64_t petrel_batcher_next_sparse(petrel_batcher *b, const petrel_csr **rows, int32_t *y);
+
+/* Index form, for callers that gather themselves: *idx points to the dataset
+ * row indices of the next batch (owned by the batcher, valid until the next
+ * start_epoch). Returns the count as petrel_batcher_next does. The three next
+ * functions share one position in the epoch. */
+int64_t petrel_batcher_next_indices(petrel_batcher *b, const uint32_t **idx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
