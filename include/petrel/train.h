@@ -74,6 +74,13 @@ PETREL_NODISCARD petrel_err petrel_train(petrel_model *m, const petrel_dataset *
                                          const petrel_train_config *cfg,
                                          petrel_train_result *result);
 
+/* One training step on a batch x (n, in_dim), y (n): resets g, runs the forward
+ * and the mean softmax cross-entropy, zeroes the gradients, runs the backward and
+ * applies opt to the model's flat buffers. *loss receives the batch's mean loss.
+ * After the first steps have sized g's arena it allocates nothing. */
+PETREL_NODISCARD petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt,
+                                              float *x, const int32_t *y, int64_t n, float *loss);
+
 /* Accuracy and mean loss of m on d, in batches of `batch`. */
 PETREL_NODISCARD petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d,
                                             int64_t batch, double *accuracy, double *loss);

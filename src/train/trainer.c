@@ -104,6 +104,21 @@ fail:
     return err;
 }
 
+petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt, float *x,
+                             const int32_t *y, int64_t n, float *loss) {
+    petrel_graph_reset(g);
+    petrel_tensor *xt = petrel_graph_input(g, x, 2, (int64_t[]){n, m->in_dim});
+    petrel_tensor *l = petrel_op_softmax_xent(g, m->forward(m, g, xt, true), y);
+    if (!l) return petrel_error_set(petrel_graph_error(g), "forward failed: %s",
+                                    petrel_strerror(petrel_graph_error(g)));
+    petrel_params_zero_grad(m->params);
+    petrel_err err = petrel_backward(g, l);
+    if (err != PETREL_OK) return err;
+    petrel_optim_step(opt, petrel_params_data(m->params), petrel_params_grad(m->params));
+    *loss = l->data[0];
+    return PETREL_OK;
+}
+
 /* The terminal progress line, redrawn at most every 0.2 s. */
 typedef struct progress {
     bool on;
@@ -194,24 +209,16 @@ petrel_err petrel_train(petrel_model *m, const petrel_dataset *train, const petr
         double loss_sum = 0;
         int64_t n, epoch_samples = 0, step = 0;
         while ((n = petrel_batcher_next(it, x, y)) > 0) {
-            petrel_graph_reset(g);
-            petrel_tensor *xt = petrel_graph_input(g, x, 2, (int64_t[]){n, D});
-            petrel_tensor *loss = petrel_op_softmax_xent(g, m->forward(m, g, xt, true), y);
-            if (!loss) {
-                err = petrel_graph_error(g);
-                goto fail;
-            }
-            petrel_params_zero_grad(m->params);
-            if ((err = petrel_backward(g, loss)) != PETREL_OK) goto fail;
-            petrel_optim_step(opt, petrel_params_data(m->params), petrel_params_grad(m->params));
-            if (!isfinite(loss->data[0])) {
+            float loss;
+            if ((err = petrel_train_step(m, g, opt, x, y, n, &loss)) != PETREL_OK) goto fail;
+            if (!isfinite(loss)) {
                 err = petrel_error_set(PETREL_ERR_STATE,
                                        "loss became %f at epoch %lld step %lld (learning rate "
                                        "too high?)",
-                                       (double)loss->data[0], (long long)epoch, (long long)step);
+                                       (double)loss, (long long)epoch, (long long)step);
                 goto fail;
             }
-            loss_sum += (double)loss->data[0] * (double)n;
+            loss_sum += (double)loss * (double)n;
             epoch_samples += n;
             step++;
             steps++;

@@ -1,0 +1,48 @@
+# petrel: the two commands of the README, and a few more.
+#   make run    install missing packages, build, train the default job (MLP on Fashion-MNIST)
+#   make test   build and run every test (CTest); ends with "N passed, N failed"
+BUILD ?= build
+JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+
+.PHONY: all build run test test-asan test-tsan bench deps format clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: deps build
+	./$(BUILD)/petrel train --model mlp --data fashion-mnist --epochs 5 --out runs/mlp
+
+test: deps build
+	@scripts/run-tests.sh $(BUILD)
+
+# The unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPETREL_SANITIZE=address,undefined
+	cmake --build build-asan -j$(JOBS)
+	@scripts/run-tests.sh build-asan -L unit
+
+# The unit tests under ThreadSanitizer.
+test-tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPETREL_SANITIZE=thread
+	cmake --build build-tsan -j$(JOBS)
+	@scripts/run-tests.sh build-tsan -L unit
+
+bench: deps build
+	@scripts/deps.sh --bench
+	./$(BUILD)/bench_gemm
+	./$(BUILD)/bench_train
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan
