@@ -39,7 +39,8 @@ PETREL_NODISCARD petrel_err petrel_cnn_new(petrel_model **out, const petrel_mode
  *   a path to an IDX images file (its labels file is found by replacing
  *   "images-idx3" with "labels-idx1" in the name); any other path: libsvm.
  * test_spec may be NULL: the test set of a named dataset is then loaded, and none
- * for a file. A libsvm test file gets the training file's label map. */
+ * for a file. test may be NULL when no test set is wanted. A libsvm test file gets
+ * the training file's label map. */
 PETREL_NODISCARD petrel_err petrel_app_load_data(const char *spec, const char *test_spec,
                                                  petrel_dataset **train, petrel_dataset **test);
 

@@ -61,7 +61,7 @@ petrel_train_config petrel_train_config_default(void);
 typedef struct petrel_train_result {
     int64_t epochs, steps;
     double train_loss;      /* mean over the last epoch */
-    double test_loss, test_accuracy;
+    double test_loss, test_accuracy; /* NAN when there was no test set or no epoch */
     double samples_per_sec; /* training steps only; evaluation excluded */
     double wall_s;
     double peak_rss_mb;

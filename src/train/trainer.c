@@ -197,7 +197,7 @@ petrel_err petrel_train(petrel_model *m, const petrel_dataset *train, const petr
     }
 
     progress prog = {.on = cfg->progress > 0 || (cfg->progress < 0 && isatty(STDERR_FILENO))};
-    petrel_train_result r = {0};
+    petrel_train_result r = {.test_loss = NAN, .test_accuracy = NAN}; /* NAN: not evaluated */
     const double t_start = petrel_now_s();
     double train_s = 0, epoch_loss = 0;
     int64_t samples = 0, steps = 0;
