@@ -11,11 +11,11 @@
 #include "petrel/train.h"
 
 typedef struct petrel_model_options {
-    const char *name;       /* softmax | mlp | cnn */
-    int64_t in_dim;         /* features per sample */
+    const char *name; /* softmax | mlp | cnn */
+    int64_t in_dim;   /* features per sample */
     int64_t classes;
     int64_t channels, height, width; /* image geometry for cnn (channels*height*width = in_dim) */
-    int64_t hidden[4];      /* mlp hidden layer widths, 0-terminated; default {256} */
+    int64_t hidden[4];               /* mlp hidden layer widths, 0-terminated; default {256} */
     uint64_t seed;
 } petrel_model_options;
 

@@ -40,8 +40,8 @@ static void check_fail(const char *file, int line, const char *fmt, ...) {
     do {                                                                                           \
         petrel_err check_e_ = (expr);                                                              \
         if (check_e_ != PETREL_OK)                                                                 \
-            check_fail(__FILE__, __LINE__, "%s returned %s: %s", #expr,                            \
-                       petrel_strerror(check_e_), petrel_errmsg());                                \
+            check_fail(__FILE__, __LINE__, "%s returned %s: %s", #expr, petrel_strerror(check_e_), \
+                       petrel_errmsg());                                                           \
     } while (0)
 
 #define CHECK_ERR(expr, want)                                                                      \
@@ -64,7 +64,7 @@ static void check_fail(const char *file, int line, const char *fmt, ...) {
 /* Element-wise CHECK_NEAR over n floats; reports the first index that differs. */
 #define CHECK_TENSOR_NEAR(got, want, n, atol, rtol)                                                \
     do {                                                                                           \
-        const float *check_g_ = (got), *check_w_ = (want);                                        \
+        const float *check_g_ = (got), *check_w_ = (want);                                         \
         for (size_t check_i_ = 0; check_i_ < (size_t)(n); check_i_++) {                            \
             double d_ = fabs((double)check_g_[check_i_] - (double)check_w_[check_i_]);             \
             if (!(d_ <= (atol) + (rtol)*fabs((double)check_w_[check_i_]))) {                       \
@@ -81,7 +81,8 @@ static void check_fail(const char *file, int line, const char *fmt, ...) {
         check_current_failed = 0;                                                                  \
         petrel_error_clear();                                                                      \
         fn();                                                                                      \
-        if (check_current_failed) check_failed++;                                                  \
+        if (check_current_failed)                                                                  \
+            check_failed++;                                                                        \
         else {                                                                                     \
             check_passed++;                                                                        \
             printf("ok - %s\n", #fn);                                                              \
@@ -89,7 +90,8 @@ static void check_fail(const char *file, int line, const char *fmt, ...) {
         fflush(stdout);                                                                            \
     } while (0)
 
-#define CHECK_DONE() (printf("%d passed, %d failed\n", check_passed, check_failed), check_failed ? 1 : 0)
+#define CHECK_DONE()                                                                               \
+    (printf("%d passed, %d failed\n", check_passed, check_failed), check_failed ? 1 : 0)
 
 /* Skips the whole test executable (CTest reads exit 77 as skipped). */
 #define CHECK_SKIP_ALL(why)                                                                        \

@@ -33,8 +33,8 @@ petrel_err petrel_cnn_new(petrel_model **out, const petrel_model_options *o) {
         return petrel_error_set(PETREL_ERR_INVALID,
                                 "cnn needs image data: channels x height x width (%lld x %lld x "
                                 "%lld) must equal the %lld features, height and width >= 4",
-                                (long long)o->channels, (long long)o->height,
-                                (long long)o->width, (long long)o->in_dim);
+                                (long long)o->channels, (long long)o->height, (long long)o->width,
+                                (long long)o->in_dim);
     cnn_model *c = petrel_calloc(1, sizeof *c);
     if (!c) return PETREL_ERR_NOMEM;
     petrel_model *m = &c->base;
@@ -51,7 +51,8 @@ petrel_err petrel_cnn_new(petrel_model **out, const petrel_model_options *o) {
              (long long)o->height, (long long)o->width);
     int64_t flat = 32 * (o->height / 2 / 2) * (o->width / 2 / 2);
     petrel_err err = petrel_params_new(&m->params);
-    if (err == PETREL_OK) err = petrel_conv2d_init(&c->conv1, m->params, "conv1", o->channels, 16, 3, 1, 1);
+    if (err == PETREL_OK)
+        err = petrel_conv2d_init(&c->conv1, m->params, "conv1", o->channels, 16, 3, 1, 1);
     if (err == PETREL_OK) err = petrel_conv2d_init(&c->conv2, m->params, "conv2", 16, 32, 3, 1, 1);
     if (err == PETREL_OK) err = petrel_linear_init(&c->fc, m->params, "fc", flat, o->classes);
     if (err == PETREL_OK) err = petrel_params_finalize(m->params);

@@ -35,8 +35,9 @@ petrel_err petrel_mlp_new(petrel_model **out, const petrel_model_options *o) {
     m->in_dim = o->in_dim;
     m->classes = o->classes;
     m->forward = mlp_forward;
-    int w = snprintf(m->meta, sizeof m->meta, "model=mlp in=%lld classes=%lld hidden=",
-                     (long long)o->in_dim, (long long)o->classes);
+    int w = snprintf(m->meta, sizeof m->meta,
+                     "model=mlp in=%lld classes=%lld hidden=", (long long)o->in_dim,
+                     (long long)o->classes);
     for (int i = 0; i < hidden; i++)
         w += snprintf(m->meta + w, sizeof m->meta - (size_t)w, i ? ",%lld" : "%lld",
                       (long long)o->hidden[i]);

@@ -65,12 +65,17 @@ petrel_err petrel_app_load_data(const char *spec, const char *test_spec, petrel_
     if (strcmp(spec, "fashion-mnist") == 0 && !test_spec) return load_fashion_mnist(train, test);
     petrel_dataset *a = NULL, *b = NULL;
     petrel_err err;
-    if (strcmp(spec, "fashion-mnist") == 0) err = load_fashion_mnist(&a, NULL);
-    else if (is_idx_images(spec)) err = load_idx_images(spec, &a);
-    else err = petrel_dataset_load_libsvm(&a, spec, 0);
+    if (strcmp(spec, "fashion-mnist") == 0)
+        err = load_fashion_mnist(&a, NULL);
+    else if (is_idx_images(spec))
+        err = load_idx_images(spec, &a);
+    else
+        err = petrel_dataset_load_libsvm(&a, spec, 0);
     if (err == PETREL_OK && test_spec && test) {
-        if (is_idx_images(test_spec)) err = load_idx_images(test_spec, &b);
-        else err = petrel_dataset_load_libsvm_like(&b, test_spec, a);
+        if (is_idx_images(test_spec))
+            err = load_idx_images(test_spec, &b);
+        else
+            err = petrel_dataset_load_libsvm_like(&b, test_spec, a);
     }
     if (err != PETREL_OK) {
         petrel_dataset_free(a);

@@ -31,12 +31,12 @@
 extern "C" {
 #endif
 
-#define PETREL_VERSION_MAJOR 0
-#define PETREL_VERSION_MINOR 1
+#define PETREL_VERSION_MAJOR  0
+#define PETREL_VERSION_MINOR  1
 #define PETREL_VERSION_STRING "0.1.0"
 
 #if defined(__GNUC__)
-#define PETREL_NODISCARD __attribute__((warn_unused_result))
+#define PETREL_NODISCARD    __attribute__((warn_unused_result))
 #define PETREL_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define PETREL_NODISCARD
@@ -127,9 +127,9 @@ void petrel_free(void *ptr);
 char *petrel_strdup(const char *s);
 
 typedef struct petrel_alloc_stats {
-    uint64_t calls;       /* successful allocations since start (malloc, calloc, realloc) */
-    uint64_t live_bytes;  /* bytes currently allocated */
-    uint64_t peak_bytes;  /* largest live_bytes seen */
+    uint64_t calls;      /* successful allocations since start (malloc, calloc, realloc) */
+    uint64_t live_bytes; /* bytes currently allocated */
+    uint64_t peak_bytes; /* largest live_bytes seen */
 } petrel_alloc_stats;
 
 petrel_alloc_stats petrel_alloc_get_stats(void);

@@ -71,8 +71,7 @@ void petrel_params_zero_grad(petrel_params *p);
 /* U(-bound, bound) with bound = sqrt(6 / fan_in): He et al. for ReLU layers. */
 void petrel_init_kaiming_uniform(petrel_tensor *t, int64_t fan_in, petrel_rng *rng);
 /* U(-bound, bound) with bound = sqrt(6 / (fan_in + fan_out)): Glorot and Bengio. */
-void petrel_init_xavier_uniform(petrel_tensor *t, int64_t fan_in, int64_t fan_out,
-                                petrel_rng *rng);
+void petrel_init_xavier_uniform(petrel_tensor *t, int64_t fan_in, int64_t fan_out, petrel_rng *rng);
 /* U(lo, hi). */
 void petrel_init_uniform(petrel_tensor *t, float lo, float hi, petrel_rng *rng);
 void petrel_init_constant(petrel_tensor *t, float value);
@@ -86,8 +85,8 @@ typedef struct petrel_linear {
 } petrel_linear;
 
 /* Declares "<name>.weight" and "<name>.bias" in p. */
-PETREL_NODISCARD petrel_err petrel_linear_init(petrel_linear *l, petrel_params *p,
-                                               const char *name, int64_t in, int64_t out);
+PETREL_NODISCARD petrel_err petrel_linear_init(petrel_linear *l, petrel_params *p, const char *name,
+                                               int64_t in, int64_t out);
 /* Kaiming-uniform weights, zero bias (after petrel_params_finalize). */
 void petrel_linear_reset(petrel_linear *l, petrel_rng *rng);
 /* x (B, IN) -> (B, OUT) */
@@ -99,9 +98,9 @@ typedef struct petrel_conv2d {
     int64_t cin, cout, k, stride, pad;
 } petrel_conv2d;
 
-PETREL_NODISCARD petrel_err petrel_conv2d_init(petrel_conv2d *c, petrel_params *p,
-                                               const char *name, int64_t cin, int64_t cout,
-                                               int64_t k, int64_t stride, int64_t pad);
+PETREL_NODISCARD petrel_err petrel_conv2d_init(petrel_conv2d *c, petrel_params *p, const char *name,
+                                               int64_t cin, int64_t cout, int64_t k, int64_t stride,
+                                               int64_t pad);
 void petrel_conv2d_reset(petrel_conv2d *c, petrel_rng *rng);
 /* x (N, CIN, H, W) -> (N, COUT, OH, OW) */
 petrel_tensor *petrel_conv2d_forward(petrel_graph *g, const petrel_conv2d *c, petrel_tensor *x);
@@ -135,8 +134,7 @@ const char *petrel_optim_name(petrel_optim_kind kind);
 typedef struct petrel_optim petrel_optim;
 
 /* An optimizer over n floats; allocates its state (none for SGD) once. */
-PETREL_NODISCARD petrel_err petrel_optim_new(petrel_optim **out, petrel_optim_config cfg,
-                                             size_t n);
+PETREL_NODISCARD petrel_err petrel_optim_new(petrel_optim **out, petrel_optim_config cfg, size_t n);
 void petrel_optim_free(petrel_optim *o);
 
 /* One update of params (n) from grads (n). Allocates nothing. */
@@ -158,8 +156,7 @@ PETREL_NODISCARD petrel_err petrel_checkpoint_save(const petrel_params *p, const
  * Truncated, corrupted (checksum) or foreign files are rejected with an error that
  * names the file and what was wrong, and p is left unchanged. When meta is not
  * NULL, *meta receives a petrel_malloc'ed copy of the metadata string. */
-PETREL_NODISCARD petrel_err petrel_checkpoint_load(petrel_params *p, const char *path,
-                                                   char **meta);
+PETREL_NODISCARD petrel_err petrel_checkpoint_load(petrel_params *p, const char *path, char **meta);
 
 /* Reads only the metadata string of a checkpoint (to rebuild its model). */
 PETREL_NODISCARD petrel_err petrel_checkpoint_read_meta(const char *path, char **meta);

@@ -38,8 +38,8 @@ typedef struct petrel_tensor {
     int64_t ne[PETREL_MAX_DIMS]; /* sizes, outermost first; unused entries are 1 */
     int64_t nb[PETREL_MAX_DIMS]; /* strides in bytes */
     /* Autograd fields (see autograd.h); zero for a plain tensor. */
-    struct petrel_tensor *grad;  /* gradient of the same shape, or NULL */
-    struct petrel_node *node;    /* op that produced this tensor, NULL for a leaf */
+    struct petrel_tensor *grad; /* gradient of the same shape, or NULL */
+    struct petrel_node *node;   /* op that produced this tensor, NULL for a leaf */
     bool requires_grad;
 } petrel_tensor;
 
@@ -82,8 +82,7 @@ typedef struct petrel_csr {
 } petrel_csr;
 
 /* Allocates a CSR with room for nnz entries (petrel_malloc); row_ptr is zeroed. */
-PETREL_NODISCARD petrel_err petrel_csr_init(petrel_csr *m, int64_t rows, int64_t cols,
-                                            int64_t nnz);
+PETREL_NODISCARD petrel_err petrel_csr_init(petrel_csr *m, int64_t rows, int64_t cols, int64_t nnz);
 void petrel_csr_fini(petrel_csr *m);
 
 /* ---- kernels --------------------------------------------------------------- */
@@ -142,8 +141,8 @@ typedef struct petrel_kernels {
     /* Max pooling over x (N, C, H, W), window K x K, stride S, no padding:
      * y (N, C, OH, OW) with OH = (H - K) / S + 1, and argmax (same shape) holding
      * the flat index within its (H, W) plane of each chosen input. */
-    void (*maxpool2d)(float *y, int32_t *argmax, const float *x, int64_t N, int64_t C,
-                      int64_t H, int64_t W, int64_t K, int64_t S);
+    void (*maxpool2d)(float *y, int32_t *argmax, const float *x, int64_t N, int64_t C, int64_t H,
+                      int64_t W, int64_t K, int64_t S);
 
     /* dx (N, C, H, W) += dy routed to the argmax positions. */
     void (*maxpool2d_backward)(float *dx, const float *dy, const int32_t *argmax, int64_t N,
@@ -154,8 +153,7 @@ typedef struct petrel_kernels {
                    float beta);
 
     /* dx (K, N) += alpha * A^T (K, R) dy (R, N), A sparse (R, K). */
-    void (*csr_mm_t_acc)(float *dx, const petrel_csr *A, const float *dy, int64_t N,
-                         float alpha);
+    void (*csr_mm_t_acc)(float *dx, const petrel_csr *A, const float *dy, int64_t N, float alpha);
 
     /* y (n) += alpha * x (n). */
     void (*axpy)(float *y, float alpha, const float *x, int64_t n);

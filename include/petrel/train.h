@@ -29,9 +29,9 @@ extern "C" {
 typedef struct petrel_model petrel_model;
 
 struct petrel_model {
-    const char *name;       /* "mlp" */
-    char meta[256];         /* checkpoint metadata that rebuilds it: "model=mlp hidden=256 ..." */
-    petrel_params *params;  /* owned */
+    const char *name;      /* "mlp" */
+    char meta[256];        /* checkpoint metadata that rebuilds it: "model=mlp hidden=256 ..." */
+    petrel_params *params; /* owned */
     int64_t in_dim, classes;
     /* x (B, in_dim) -> logits (B, classes). */
     petrel_tensor *(*forward)(petrel_model *m, petrel_graph *g, petrel_tensor *x, bool training);
@@ -46,13 +46,13 @@ typedef struct petrel_train_config {
     int64_t epochs;
     int64_t batch;
     petrel_optim_config optim;
-    uint64_t seed;           /* data order and dropout; the model was seeded by its constructor */
-    int threads;             /* math-library threads */
-    const char *out_dir;     /* metrics.jsonl and model.ckpt go here; NULL: nowhere */
-    int progress;            /* 1 on, 0 off, -1 when stderr is a terminal */
-    int64_t max_steps;       /* stop after this many steps in total (0: no limit) */
-    int64_t eval_batch;      /* batch size for evaluation */
-    bool quiet;              /* no end-of-epoch summary lines on stderr */
+    uint64_t seed;       /* data order and dropout; the model was seeded by its constructor */
+    int threads;         /* math-library threads */
+    const char *out_dir; /* metrics.jsonl and model.ckpt go here; NULL: nowhere */
+    int progress;        /* 1 on, 0 off, -1 when stderr is a terminal */
+    int64_t max_steps;   /* stop after this many steps in total (0: no limit) */
+    int64_t eval_batch;  /* batch size for evaluation */
+    bool quiet;          /* no end-of-epoch summary lines on stderr */
 } petrel_train_config;
 
 /* 5 epochs of batch 64, SGD lr 0.1, seed 1, one thread, progress when on a terminal. */
@@ -60,9 +60,9 @@ petrel_train_config petrel_train_config_default(void);
 
 typedef struct petrel_train_result {
     int64_t epochs, steps;
-    double train_loss;      /* mean over the last epoch */
+    double train_loss;               /* mean over the last epoch */
     double test_loss, test_accuracy; /* NAN when there was no test set or no epoch */
-    double samples_per_sec; /* training steps only; evaluation excluded */
+    double samples_per_sec;          /* training steps only; evaluation excluded */
     double wall_s;
     double peak_rss_mb;
 } petrel_train_result;
@@ -70,8 +70,7 @@ typedef struct petrel_train_result {
 /* Trains m on train and evaluates on test (may be NULL). Errors: invalid config,
  * a dataset that does not fit the model (feature count, classes), I/O on out_dir. */
 PETREL_NODISCARD petrel_err petrel_train(petrel_model *m, const petrel_dataset *train,
-                                         const petrel_dataset *test,
-                                         const petrel_train_config *cfg,
+                                         const petrel_dataset *test, const petrel_train_config *cfg,
                                          petrel_train_result *result);
 
 /* One training step on a batch x (n, in_dim), y (n): resets g, runs the forward
@@ -82,8 +81,8 @@ PETREL_NODISCARD petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, 
                                               float *x, const int32_t *y, int64_t n, float *loss);
 
 /* Accuracy and mean loss of m on d, in batches of `batch`. */
-PETREL_NODISCARD petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d,
-                                            int64_t batch, double *accuracy, double *loss);
+PETREL_NODISCARD petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t batch,
+                                            double *accuracy, double *loss);
 
 /* ---- metrics.jsonl -------------------------------------------------------------- */
 

@@ -32,10 +32,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define MAGIC "PETRELCK"
-#define VERSION 1u
-#define MAX_PARAMS 65536u
-#define MAX_META 65536u
+#define MAGIC        "PETRELCK"
+#define VERSION      1u
+#define MAX_PARAMS   65536u
+#define MAX_META     65536u
 #define HEADER_BYTES 20u
 
 /* ---- little-endian byte buffer ----------------------------------------------- */
@@ -89,7 +89,8 @@ static petrel_err write_file_atomic(const char *path, const unsigned char *bytes
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
         return petrel_error_set(PETREL_ERR_INVALID, "%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return petrel_error_set(PETREL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    if (fd < 0)
+        return petrel_error_set(PETREL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
     size_t done = 0;
     while (done < len) {
         ssize_t w = write(fd, bytes + done, len - done);
@@ -164,7 +165,8 @@ petrel_err petrel_checkpoint_save(const petrel_params *p, const char *meta, cons
 
 static petrel_err read_whole(const char *path, unsigned char **out, size_t *len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return petrel_error_set(PETREL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0)
+        return petrel_error_set(PETREL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -253,8 +255,10 @@ petrel_err petrel_checkpoint_read_meta(const char *path, char **meta) {
     err = check_header(path, b, len, &count, &m, &ml);
     if (err == PETREL_OK) {
         char *s = dup_meta(m, ml);
-        if (s) *meta = s;
-        else err = PETREL_ERR_NOMEM;
+        if (s)
+            *meta = s;
+        else
+            err = PETREL_ERR_NOMEM;
     }
     petrel_free(b);
     return err;

@@ -38,8 +38,12 @@ petrel_err petrel_optim_parse(const char *name, petrel_optim_kind *out) {
 }
 
 petrel_optim_config petrel_optim_config_default(petrel_optim_kind kind, float lr) {
-    petrel_optim_config c = {.kind = kind, .lr = lr, .momentum = 0.9f, .beta1 = 0.9f,
-                             .beta2 = 0.999f, .eps = kind == PETREL_OPTIM_ADAGRAD ? 1e-10f : 1e-8f};
+    petrel_optim_config c = {.kind = kind,
+                             .lr = lr,
+                             .momentum = 0.9f,
+                             .beta1 = 0.9f,
+                             .beta2 = 0.999f,
+                             .eps = kind == PETREL_OPTIM_ADAGRAD ? 1e-10f : 1e-8f};
     return c;
 }
 
@@ -105,7 +109,8 @@ void petrel_optim_step(petrel_optim *o, float *restrict p, const float *restrict
         }
         return;
     }
-    case PETREL_OPTIM_COUNT: break;
+    case PETREL_OPTIM_COUNT:
+        break;
     }
     PETREL_ASSERT(0, "unknown optimizer kind");
 }

@@ -61,17 +61,22 @@ static void append(petrel_metrics *m, const char *fmt, ...) {
     va_start(ap, fmt);
     int w = vsnprintf(m->line + m->len, sizeof m->line - m->len, fmt, ap);
     va_end(ap);
-    if (w < 0 || (size_t)w >= sizeof m->line - m->len) m->overflow = true;
-    else m->len += (size_t)w;
+    if (w < 0 || (size_t)w >= sizeof m->line - m->len)
+        m->overflow = true;
+    else
+        m->len += (size_t)w;
 }
 
 static void append_string(petrel_metrics *m, const char *s) {
     append(m, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') append(m, "\\%c", c);
-        else if (c < 0x20) append(m, "\\u%04x", c);
-        else append(m, "%c", c);
+        if (c == '"' || c == '\\')
+            append(m, "\\%c", c);
+        else if (c < 0x20)
+            append(m, "\\u%04x", c);
+        else
+            append(m, "%c", c);
     }
     append(m, "\"");
 }
@@ -93,8 +98,10 @@ void petrel_metrics_num(petrel_metrics *m, const char *key, double v) {
     append(m, ",");
     append_string(m, key);
     /* JSON has no NaN or infinity: write null so that readers still parse the line. */
-    if (isfinite(v)) append(m, ":%.9g", v);
-    else append(m, ":null");
+    if (isfinite(v))
+        append(m, ":%.9g", v);
+    else
+        append(m, ":null");
 }
 
 void petrel_metrics_str(petrel_metrics *m, const char *key, const char *v) {

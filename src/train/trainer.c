@@ -109,8 +109,9 @@ petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt
     petrel_graph_reset(g);
     petrel_tensor *xt = petrel_graph_input(g, x, 2, (int64_t[]){n, m->in_dim});
     petrel_tensor *l = petrel_op_softmax_xent(g, m->forward(m, g, xt, true), y);
-    if (!l) return petrel_error_set(petrel_graph_error(g), "forward failed: %s",
-                                    petrel_strerror(petrel_graph_error(g)));
+    if (!l)
+        return petrel_error_set(petrel_graph_error(g), "forward failed: %s",
+                                petrel_strerror(petrel_graph_error(g)));
     petrel_params_zero_grad(m->params);
     petrel_err err = petrel_backward(g, l);
     if (err != PETREL_OK) return err;
@@ -125,8 +126,8 @@ typedef struct progress {
     double last_draw;
 } progress;
 
-static void progress_draw(progress *p, int64_t epoch, int64_t epochs, int64_t step,
-                          int64_t steps, double loss, double sps, double eta_s, bool force) {
+static void progress_draw(progress *p, int64_t epoch, int64_t epochs, int64_t step, int64_t steps,
+                          double loss, double sps, double eta_s, bool force) {
     if (!p->on) return;
     double now = petrel_now_s();
     if (!force && now - p->last_draw < 0.2) return;
@@ -242,7 +243,8 @@ petrel_err petrel_train(petrel_model *m, const petrel_dataset *train, const petr
         progress_clear(&prog);
 
         double acc = NAN, test_loss = NAN;
-        if (test && (err = petrel_evaluate(m, test, cfg->eval_batch, &acc, &test_loss)) != PETREL_OK)
+        if (test &&
+            (err = petrel_evaluate(m, test, cfg->eval_batch, &acc, &test_loss)) != PETREL_OK)
             goto fail;
         double sps = epoch_s > 0 ? (double)epoch_samples / epoch_s : 0;
         if (!cfg->quiet)

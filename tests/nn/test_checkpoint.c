@@ -79,7 +79,8 @@ static void test_rejects_truncated(void) {
     char path[300], bad[300];
     snprintf(path, sizeof path, "%s/t.ckpt", dir);
     snprintf(bad, sizeof bad, "%s/t_bad.ckpt", dir);
-    petrel_params *src = make_model(4, 2.0f), *dst = make_model(4, -1.0f), *keep = make_model(4, -1.0f);
+    petrel_params *src = make_model(4, 2.0f), *dst = make_model(4, -1.0f),
+                  *keep = make_model(4, -1.0f);
     CHECK_OK(petrel_checkpoint_save(src, NULL, path));
     size_t len;
     unsigned char *b = read_file(path, &len);
@@ -99,7 +100,8 @@ static void test_rejects_corrupted(void) {
     char path[300], bad[300];
     snprintf(path, sizeof path, "%s/c.ckpt", dir);
     snprintf(bad, sizeof bad, "%s/c_bad.ckpt", dir);
-    petrel_params *src = make_model(4, 2.0f), *dst = make_model(4, -1.0f), *keep = make_model(4, -1.0f);
+    petrel_params *src = make_model(4, 2.0f), *dst = make_model(4, -1.0f),
+                  *keep = make_model(4, -1.0f);
     CHECK_OK(petrel_checkpoint_save(src, "m", path));
     size_t len;
     unsigned char *b = read_file(path, &len);
@@ -126,7 +128,10 @@ static void test_rejects_foreign_and_mismatched(void) {
     snprintf(path, sizeof path, "%s/f.ckpt", dir);
     snprintf(other, sizeof other, "%s/other.bin", dir);
     petrel_params *dst = make_model(4, -1.0f), *keep = make_model(4, -1.0f);
-    write_file(other, (const unsigned char *)"\x7f" "ELF this is not a checkpoint at all", 36);
+    write_file(other,
+               (const unsigned char *)"\x7f"
+                                      "ELF this is not a checkpoint at all",
+               36);
     CHECK_ERR(petrel_checkpoint_load(dst, other, NULL), PETREL_ERR_FORMAT);
     CHECK(strstr(petrel_errmsg(), "not a petrel checkpoint") != NULL);
     petrel_params *wide = make_model(5, 3.0f);

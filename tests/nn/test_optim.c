@@ -25,7 +25,9 @@ static void reference(petrel_optim_config c, double out[3][N]) {
         for (int i = 0; i < N; i++) {
             double g = g_seq[t][i] + (double)c.weight_decay * p[i];
             switch (c.kind) {
-            case PETREL_OPTIM_SGD: p[i] -= c.lr * g; break;
+            case PETREL_OPTIM_SGD:
+                p[i] -= c.lr * g;
+                break;
             case PETREL_OPTIM_MOMENTUM:
                 m[i] = c.momentum * m[i] + g;
                 p[i] -= c.lr * m[i];
@@ -40,7 +42,8 @@ static void reference(petrel_optim_config c, double out[3][N]) {
                 p[i] -= c.lr * (m[i] / (1 - pow(c.beta1, t + 1))) /
                         (sqrt(v[i] / (1 - pow(c.beta2, t + 1))) + c.eps);
                 break;
-            default: break;
+            default:
+                break;
             }
             out[t][i] = p[i];
         }

@@ -61,8 +61,8 @@ static void test_init_bounds(void) {
         sq += v * v;
     }
     CHECK(mx <= bound);
-    CHECK(mx > 0.95 * bound);                             /* the range is used */
-    CHECK_NEAR(sum / (double)n, 0.0, 0.01, 0);            /* centered */
+    CHECK(mx > 0.95 * bound);                                      /* the range is used */
+    CHECK_NEAR(sum / (double)n, 0.0, 0.01, 0);                     /* centered */
     CHECK_NEAR(sq / (double)n, bound * bound / 3.0, 0.0005, 0.05); /* variance of U(-b, b) */
     for (int i = 0; i < 100; i++) CHECK(fc.b->data[i] == 0.0f);
     petrel_tensor *t = fc.w;
@@ -84,7 +84,8 @@ static void test_linear_layer_forward(void) {
     petrel_graph *g;
     CHECK_OK(petrel_graph_new(&g, 0));
     float x[4] = {1, -1, 2, 0.5f};
-    petrel_tensor *y = petrel_linear_forward(g, &fc, petrel_graph_input(g, x, 2, (int64_t[]){2, 2}));
+    petrel_tensor *y =
+        petrel_linear_forward(g, &fc, petrel_graph_input(g, x, 2, (int64_t[]){2, 2}));
     CHECK(y && y->ne[0] == 2 && y->ne[1] == 3);
     /* y = x w^T + b: row 0 = (1-2, 3-4, 5-6) + b; row 1 = (2+1, 6+2, 10+3) + b */
     const float want[6] = {-0.5f, -2, 1, 3.5f, 7, 15};

@@ -46,7 +46,8 @@ static petrel_model *mlp(int64_t in, int64_t classes, int64_t hidden) {
 }
 
 static void test_learns_synthetic(void) {
-    petrel_dataset *train = synthetic("learn", 3000, 12, 1), *test = synthetic("learn_t", 600, 12, 2);
+    petrel_dataset *train = synthetic("learn", 3000, 12, 1),
+                   *test = synthetic("learn_t", 600, 12, 2);
     petrel_model *m = mlp(12, 3, 32);
     double acc0;
     CHECK_OK(petrel_evaluate(m, test, 100, &acc0, NULL));
@@ -88,7 +89,8 @@ static void test_step_allocates_nothing(void) {
             CHECK_OK(petrel_model_new(&m, &o));
             petrel_graph *g;
             petrel_optim *opt;
-            CHECK_OK(petrel_graph_new(&g, 4096)); /* start small: the arena must grow, then settle */
+            CHECK_OK(
+                petrel_graph_new(&g, 4096)); /* start small: the arena must grow, then settle */
             CHECK_OK(petrel_optim_new(&opt,
                                       petrel_optim_config_default((petrel_optim_kind)kind, 0.01f),
                                       petrel_params_count(m->params)));
@@ -100,8 +102,9 @@ static void test_step_allocates_nothing(void) {
             uint64_t before = petrel_alloc_get_stats().calls;
             for (int s = 0; s < 20; s++) CHECK_OK(petrel_train_step(m, g, opt, x, y, B, &loss));
             uint64_t made = petrel_alloc_get_stats().calls - before;
-            if (made) printf("# %s/%s: %llu allocations in 20 steps\n", models[k],
-                             petrel_optim_name((petrel_optim_kind)kind), (unsigned long long)made);
+            if (made)
+                printf("# %s/%s: %llu allocations in 20 steps\n", models[k],
+                       petrel_optim_name((petrel_optim_kind)kind), (unsigned long long)made);
             CHECK(made == 0);
             if (!(loss < first))
                 printf("# %s/%s: loss %g -> %g\n", models[k],

@@ -7,40 +7,42 @@
 #include <string.h>
 
 static void train_usage(FILE *f) {
-    fprintf(f,
-            "usage: petrel train [options]\n"
-            "\n"
-            "Trains a model with softmax cross-entropy, evaluates it after every epoch, and\n"
-            "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
-            "\n"
-            "options (default in brackets):\n"
-            "  --model NAME        softmax | mlp | cnn [mlp]\n"
-            "  --hidden N[,N..]    mlp hidden widths [256]\n"
-            "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
-            "[fashion-mnist]\n"
-            "  --test PATH         test set file (IDX images or libsvm) [the named dataset's]\n"
-            "  --epochs N          passes over the training data [5]\n"
-            "  --batch B           samples per step [64]\n"
-            "  --optimizer NAME    sgd | momentum | adagrad | adam [sgd]\n"
-            "  --lr LR             learning rate [sgd 0.1, momentum 0.01, adagrad 0.01, "
-            "adam 0.001]\n"
-            "  --weight-decay WD   L2 penalty added to gradients [0]\n"
-            "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads) [1]\n"
-            "  --seed S            seed for weights and data order [1]\n"
-            "  --out DIR           output directory [runs/<model>]\n"
-            "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
-            "  --kernels NAME      cpu | reference (naive loops, for checking) [cpu]\n"
-            "  --progress          always draw the progress line [only on a terminal]\n"
-            "  --no-progress       never draw it\n"
-            "  -q, --quiet         no per-epoch lines on stderr\n"
-            "  -h, --help          show this help\n");
+    fprintf(f, "usage: petrel train [options]\n"
+               "\n"
+               "Trains a model with softmax cross-entropy, evaluates it after every epoch, and\n"
+               "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
+               "\n"
+               "options (default in brackets):\n"
+               "  --model NAME        softmax | mlp | cnn [mlp]\n"
+               "  --hidden N[,N..]    mlp hidden widths [256]\n"
+               "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
+               "[fashion-mnist]\n"
+               "  --test PATH         test set file (IDX images or libsvm) [the named dataset's]\n"
+               "  --epochs N          passes over the training data [5]\n"
+               "  --batch B           samples per step [64]\n"
+               "  --optimizer NAME    sgd | momentum | adagrad | adam [sgd]\n"
+               "  --lr LR             learning rate [sgd 0.1, momentum 0.01, adagrad 0.01, "
+               "adam 0.001]\n"
+               "  --weight-decay WD   L2 penalty added to gradients [0]\n"
+               "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads) [1]\n"
+               "  --seed S            seed for weights and data order [1]\n"
+               "  --out DIR           output directory [runs/<model>]\n"
+               "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
+               "  --kernels NAME      cpu | reference (naive loops, for checking) [cpu]\n"
+               "  --progress          always draw the progress line [only on a terminal]\n"
+               "  --no-progress       never draw it\n"
+               "  -q, --quiet         no per-epoch lines on stderr\n"
+               "  -h, --help          show this help\n");
 }
 
 static float default_lr(petrel_optim_kind kind) {
     switch (kind) {
-    case PETREL_OPTIM_SGD: return 0.1f;
-    case PETREL_OPTIM_ADAM: return 0.001f;
-    default: return 0.01f;
+    case PETREL_OPTIM_SGD:
+        return 0.1f;
+    case PETREL_OPTIM_ADAM:
+        return 0.001f;
+    default:
+        return 0.01f;
     }
 }
 
@@ -59,22 +61,37 @@ static bool parse_hidden(const char *s, int64_t *hidden) {
 }
 
 int cmd_train(int argc, char **argv) {
-    enum { OPT_HIDDEN = 256, OPT_TEST, OPT_LR, OPT_WD, OPT_MAX_STEPS, OPT_KERNELS, OPT_PROGRESS,
-           OPT_NO_PROGRESS, OPT_OPTIMIZER, OPT_THREADS };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},     {"hidden", required_argument, 0, OPT_HIDDEN},
-        {"data", required_argument, 0, 'd'},      {"test", required_argument, 0, OPT_TEST},
-        {"epochs", required_argument, 0, 'e'},    {"batch", required_argument, 0, 'b'},
-        {"optimizer", required_argument, 0, OPT_OPTIMIZER},
-        {"lr", required_argument, 0, OPT_LR},     {"weight-decay", required_argument, 0, OPT_WD},
-        {"threads", required_argument, 0, OPT_THREADS},
-        {"seed", required_argument, 0, 's'},      {"out", required_argument, 0, 'o'},
-        {"max-steps", required_argument, 0, OPT_MAX_STEPS},
-        {"kernels", required_argument, 0, OPT_KERNELS},
-        {"progress", no_argument, 0, OPT_PROGRESS},
-        {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
-        {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    enum {
+        OPT_HIDDEN = 256,
+        OPT_TEST,
+        OPT_LR,
+        OPT_WD,
+        OPT_MAX_STEPS,
+        OPT_KERNELS,
+        OPT_PROGRESS,
+        OPT_NO_PROGRESS,
+        OPT_OPTIMIZER,
+        OPT_THREADS
+    };
+    static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
+                                             {"hidden", required_argument, 0, OPT_HIDDEN},
+                                             {"data", required_argument, 0, 'd'},
+                                             {"test", required_argument, 0, OPT_TEST},
+                                             {"epochs", required_argument, 0, 'e'},
+                                             {"batch", required_argument, 0, 'b'},
+                                             {"optimizer", required_argument, 0, OPT_OPTIMIZER},
+                                             {"lr", required_argument, 0, OPT_LR},
+                                             {"weight-decay", required_argument, 0, OPT_WD},
+                                             {"threads", required_argument, 0, OPT_THREADS},
+                                             {"seed", required_argument, 0, 's'},
+                                             {"out", required_argument, 0, 'o'},
+                                             {"max-steps", required_argument, 0, OPT_MAX_STEPS},
+                                             {"kernels", required_argument, 0, OPT_KERNELS},
+                                             {"progress", no_argument, 0, OPT_PROGRESS},
+                                             {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
+                                             {"quiet", no_argument, 0, 'q'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
     petrel_model_options mo = petrel_model_options_default();
     petrel_train_config cfg = petrel_train_config_default();
     const char *data = "fashion-mnist", *test_path = NULL, *out = NULL;
@@ -85,17 +102,24 @@ int cmd_train(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:d:e:b:s:o:qh", longopts, NULL)) != -1) {
         switch (c) {
-        case 'm': mo.name = optarg; break;
+        case 'm':
+            mo.name = optarg;
+            break;
         case OPT_HIDDEN:
             if (!parse_hidden(optarg, mo.hidden))
                 return cli_usage_error("train ", "--hidden wants up to 3 positive widths, got '%s'",
                                        optarg);
             break;
-        case 'd': data = optarg; break;
-        case OPT_TEST: test_path = optarg; break;
+        case 'd':
+            data = optarg;
+            break;
+        case OPT_TEST:
+            test_path = optarg;
+            break;
         case 'e':
             if (!cli_parse_i64(optarg, &cfg.epochs) || cfg.epochs < 0)
-                return cli_usage_error("train ", "--epochs wants an integer >= 0, got '%s'", optarg);
+                return cli_usage_error("train ", "--epochs wants an integer >= 0, got '%s'",
+                                       optarg);
             break;
         case 'b':
             if (!cli_parse_i64(optarg, &cfg.batch) || cfg.batch <= 0)
@@ -124,23 +148,36 @@ int cmd_train(int argc, char **argv) {
                 return cli_usage_error("train ", "--seed wants an integer >= 0, got '%s'", optarg);
             cfg.seed = mo.seed = (uint64_t)v;
             break;
-        case 'o': out = optarg; break;
+        case 'o':
+            out = optarg;
+            break;
         case OPT_MAX_STEPS:
             if (!cli_parse_i64(optarg, &cfg.max_steps) || cfg.max_steps < 0)
                 return cli_usage_error("train ", "--max-steps wants an integer >= 0, got '%s'",
                                        optarg);
             break;
         case OPT_KERNELS:
-            if (strcmp(optarg, "cpu") == 0) petrel_kernels_set_current(petrel_kernels_cpu());
+            if (strcmp(optarg, "cpu") == 0)
+                petrel_kernels_set_current(petrel_kernels_cpu());
             else if (strcmp(optarg, "reference") == 0)
                 petrel_kernels_set_current(petrel_kernels_reference());
-            else return cli_usage_error("train ", "--kernels wants cpu or reference");
+            else
+                return cli_usage_error("train ", "--kernels wants cpu or reference");
             break;
-        case OPT_PROGRESS: cfg.progress = 1; break;
-        case OPT_NO_PROGRESS: cfg.progress = 0; break;
-        case 'q': cfg.quiet = true; break;
-        case 'h': train_usage(stdout); return CLI_OK;
-        default: return cli_usage_error("train ", "bad option");
+        case OPT_PROGRESS:
+            cfg.progress = 1;
+            break;
+        case OPT_NO_PROGRESS:
+            cfg.progress = 0;
+            break;
+        case 'q':
+            cfg.quiet = true;
+            break;
+        case 'h':
+            train_usage(stdout);
+            return CLI_OK;
+        default:
+            return cli_usage_error("train ", "bad option");
         }
     }
     if (optind < argc) return cli_usage_error("train ", "unexpected argument '%s'", argv[optind]);
@@ -171,7 +208,8 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     if (!cfg.quiet)
-        fprintf(stderr, "petrel: training %s (%zu parameters) on %lld samples, %s lr %g, batch %lld\n",
+        fprintf(stderr,
+                "petrel: training %s (%zu parameters) on %lld samples, %s lr %g, batch %lld\n",
                 model->meta, petrel_params_numel(model->params), (long long)train->n,
                 petrel_optim_name(kind), (double)cfg.optim.lr, (long long)cfg.batch);
     petrel_train_result r;

@@ -42,21 +42,23 @@ bool cli_parse_f32(const char *s, float *out) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: petrel <command> [options]\n"
-               "\n"
-               "petrel trains machine-learning models on one machine or a cluster.\n"
-               "\n"
-               "commands:\n"
-               "  train      train a model (softmax, mlp, cnn) and write metrics and a checkpoint\n"
-               "  version    print the version\n"
-               "\n"
-               "options:\n"
-               "  -h, --help     show this help\n"
-               "\n"
-               "'petrel <command> --help' lists the command's options with their defaults.\n"
-               "environment: PETREL_LOG=error|warn|info|debug (default warn),\n"
-               "             PETREL_DATA_DIR (where named datasets live, default /usr/share/datasets),\n"
-               "             PETREL_GEMM=openblas (use OpenBLAS for every GEMM)\n");
+    fprintf(
+        f,
+        "usage: petrel <command> [options]\n"
+        "\n"
+        "petrel trains machine-learning models on one machine or a cluster.\n"
+        "\n"
+        "commands:\n"
+        "  train      train a model (softmax, mlp, cnn) and write metrics and a checkpoint\n"
+        "  version    print the version\n"
+        "\n"
+        "options:\n"
+        "  -h, --help     show this help\n"
+        "\n"
+        "'petrel <command> --help' lists the command's options with their defaults.\n"
+        "environment: PETREL_LOG=error|warn|info|debug (default warn),\n"
+        "             PETREL_DATA_DIR (where named datasets live, default /usr/share/datasets),\n"
+        "             PETREL_GEMM=openblas (use OpenBLAS for every GEMM)\n");
 }
 
 int main(int argc, char **argv) {
