@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The petrel command line: help texts, exit codes (0 ok, 1 failure, 2 usage),
+# error messages, and the files a short training run leaves.
+set -u
+petrel=${1:?usage: cli_test.sh PATH_TO_PETREL}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+ok() { echo "ok - $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL - $1 ($2)"; failed=$((failed + 1)); }
+expect_rc() { # name want_rc command...
+    local name=$1 want=$2; shift 2
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    local rc=$?
+    if [[ $rc -eq $want ]]; then ok "$name"; else fail "$name" "exit $rc, expected $want: $(head -c 300 "$tmp/err")"; fi
+}
+
+expect_rc "help exits 0" 0 "$petrel" --help
+grep -q "train" "$tmp/out" && ok "help lists train" || fail "help lists train" "no 'train' in help"
+expect_rc "train help exits 0" 0 "$petrel" train --help
+for flag in --model --hidden --data --test --epochs --batch --optimizer --lr --weight-decay \
+            --threads --seed --out --max-steps --kernels --progress --no-progress --quiet --help; do
+    grep -q -- "$flag" "$tmp/out" || fail "train help lists $flag" "missing"
+done
+grep -q "\[mlp\]" "$tmp/out" && grep -q "\[64\]" "$tmp/out" && ok "train help shows defaults" ||
+    fail "train help shows defaults" "no [mlp] or [64]"
+expect_rc "no command is a usage error" 2 "$petrel"
+expect_rc "unknown command" 2 "$petrel" frobnicate
+expect_rc "unknown flag" 2 "$petrel" train --frobnicate
+expect_rc "bad number" 2 "$petrel" train --epochs many
+grep -q "petrel: error: --epochs wants an integer" "$tmp/err" && ok "bad number message" ||
+    fail "bad number message" "$(cat "$tmp/err")"
+expect_rc "unknown optimizer" 2 "$petrel" train --optimizer rmsprop
+expect_rc "missing data file" 1 "$petrel" train --data "$tmp/none.svm" --out "$tmp/r0"
+grep -q "petrel: error: loading data: .*none.svm" "$tmp/err" && ok "missing file is named" ||
+    fail "missing file is named" "$(cat "$tmp/err")"
+
+printf '+1 1:0.5 3:1\n-1 2:1 # comment\n+1 1:1 3:0.5\n-1 2:0.8\n+1 3:2x\n' >"$tmp/bad.svm"
+expect_rc "malformed libsvm" 1 "$petrel" train --data "$tmp/bad.svm" --out "$tmp/r1"
+grep -q "bad.svm:5:" "$tmp/err" && ok "malformed file names file and line" ||
+    fail "malformed file names file and line" "$(cat "$tmp/err")"
+
+# A small libsvm problem: label +1 when feature 1 exceeds feature 2.
+awk 'BEGIN { srand(3); for (i = 0; i < 400; i++) { a = rand(); b = rand();
+      printf "%s 1:%.4f 2:%.4f 3:%.4f\n", (a > b ? "+1" : "-1"), a, b, rand() } }' >"$tmp/train.svm"
+awk 'BEGIN { srand(4); for (i = 0; i < 200; i++) { a = rand(); b = rand();
+      printf "%s 1:%.4f 2:%.4f 3:%.4f\n", (a > b ? "+1" : "-1"), a, b, rand() } }' >"$tmp/test.svm"
+expect_rc "train on libsvm" 0 "$petrel" train --model mlp --hidden 16 --data "$tmp/train.svm" \
+    --test "$tmp/test.svm" --epochs 30 --batch 16 --lr 0.2 --out "$tmp/run" --no-progress
+acc=$(sed -n 's/.*test_accuracy \([0-9.]*\).*/\1/p' "$tmp/out")
+awk -v a="${acc:-0}" 'BEGIN { exit !(a >= 0.9) }' && ok "libsvm accuracy $acc >= 0.9" ||
+    fail "libsvm accuracy" "got '${acc}' from: $(cat "$tmp/out")"
+[[ -s "$tmp/run/model.ckpt" ]] && ok "checkpoint written" || fail "checkpoint written" "missing"
+[[ $(grep -c '"event":"epoch"' "$tmp/run/metrics.jsonl") -eq 30 ]] && ok "30 epoch events" ||
+    fail "30 epoch events" "$(wc -l <"$tmp/run/metrics.jsonl") lines"
+grep -q '"event":"final".*"peak_rss_mb"' "$tmp/run/metrics.jsonl" && ok "final event" ||
+    fail "final event" "missing"
+expect_rc "reference kernels and adam" 0 "$petrel" train --model softmax --data "$tmp/train.svm" \
+    --epochs 2 --optimizer adam --kernels reference --out "$tmp/run2" --quiet
+grep -q '"kernels":"reference"' "$tmp/run2/metrics.jsonl" && ok "kernel set recorded" ||
+    fail "kernel set recorded" "missing"
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
