@@ -137,7 +137,9 @@ petrel_tensor *petrel_op_sum(petrel_graph *g, petrel_tensor *x);
 /* ---- backward ------------------------------------------------------------ */
 
 /* Seeds d(loss)/d(loss) = 1 for a one-element loss and runs every node's backward
- * in reverse order. Gradients are added to leaves' grad buffers. */
+ * in reverse order. Gradients are added to leaves' grad buffers; the gradients of
+ * op results start from zero on every pass, so a second backward over the same
+ * tape adds each leaf's gradient once more. */
 PETREL_NODISCARD petrel_err petrel_backward(petrel_graph *g, petrel_tensor *loss);
 
 /* A gradient as rows of a table: values (n, D), row i belongs to table row

@@ -167,7 +167,8 @@ const petrel_kernels *petrel_kernels_reference(void);
 const petrel_kernels *petrel_kernels_current(void);
 void petrel_kernels_set_current(const petrel_kernels *k);
 
-/* Number of threads the math library may use (OpenBLAS); 1 by default. */
+/* Number of threads GEMMs may use; 1 by default. petrel's own GEMM is
+ * single-threaded, so above 1 the cpu set runs GEMMs on OpenBLAS's threads. */
 void petrel_kernels_set_threads(int threads);
 
 #ifdef __cplusplus

@@ -14,11 +14,24 @@ typedef struct petrel_node {
     int nsrc;
     /* Op parameters, by kind. */
     union {
-        struct { int64_t stride, pad; } conv;
-        struct { int64_t k, s; } pool;
-        struct { petrel_unary_op fn; } unary;
-        struct { float p; bool training; petrel_rng *rng; } dropout;
-        struct { const int32_t *idx; int64_t n; } index; /* labels or embedding rows */
+        struct {
+            int64_t stride, pad;
+        } conv;
+        struct {
+            int64_t k, s;
+        } pool;
+        struct {
+            petrel_unary_op fn;
+        } unary;
+        struct {
+            float p;
+            bool training;
+            petrel_rng *rng;
+        } dropout;
+        struct {
+            const int32_t *idx;
+            int64_t n;
+        } index; /* labels or embedding rows */
     } p;
     /* Buffers the forward keeps for the backward (arena memory), by kind:
      * softmax_xent: probs; conv2d: im2col columns; maxpool2d: argmax; dropout: mask. */
@@ -42,8 +55,9 @@ extern const petrel_op_def petreli_op_matmul, petreli_op_linear, petreli_op_add,
     petreli_op_log_softmax;
 
 /* Allocates a node with the given inputs and an output of shape ne (in the arena,
- * or viewing `view` when that is not NULL), and records it. Returns NULL (the graph keeps the error) when an input is NULL or memory
- * runs out. The output requires a gradient when any input does. */
+ * or viewing `view` when that is not NULL), and records it. Returns NULL (the graph keeps the
+ * error) when an input is NULL or memory runs out. The output requires a gradient when any input
+ * does. */
 petrel_node *petreli_node_new(petrel_graph *g, petrel_op op, int nsrc, petrel_tensor *const *src,
                               int ndim, const int64_t *ne, float *view);
 

@@ -39,8 +39,7 @@ static const petrel_op_def *const op_defs[PETREL_OP_COUNT] = {
 };
 
 const char *petrel_op_name(petrel_op op) {
-    return op > PETREL_OP_NONE && op < PETREL_OP_COUNT && op_defs[op] ? op_defs[op]->name
-                                                                        : "none";
+    return op > PETREL_OP_NONE && op < PETREL_OP_COUNT && op_defs[op] ? op_defs[op]->name : "none";
 }
 
 petrel_err petrel_graph_new(petrel_graph **out, size_t arena_bytes) {
@@ -57,16 +56,22 @@ petrel_err petrel_graph_new(petrel_graph **out, size_t arena_bytes) {
     return PETREL_OK;
 }
 
+/* Leaves outside the arena must not keep grad pointers into memory that goes away. */
+static void clear_leaf_grads(petrel_graph *g) {
+    for (leaf_grad *l = g->leaf_grads; l; l = l->next) l->leaf->grad = NULL;
+    g->leaf_grads = NULL;
+}
+
 void petrel_graph_free(petrel_graph *g) {
     if (!g) return;
+    clear_leaf_grads(g);
     petrel_arena_fini(&g->arena);
     petrel_free(g->tape);
     petrel_free(g);
 }
 
 void petrel_graph_reset(petrel_graph *g) {
-    for (leaf_grad *l = g->leaf_grads; l; l = l->next) l->leaf->grad = NULL;
-    g->leaf_grads = NULL;
+    clear_leaf_grads(g);
     petrel_arena_reset(&g->arena);
     g->count = 0;
     g->error = PETREL_OK;
@@ -138,7 +143,7 @@ petrel_node *petreli_node_new(petrel_graph *g, petrel_op op, int nsrc, petrel_te
         requires_grad |= src[i]->requires_grad;
     }
     petrel_node *n = petreli_graph_alloc(g, sizeof *n);
-    petrel_tensor *out = !n ? NULL
+    petrel_tensor *out = !n     ? NULL
                          : view ? tensor_in_arena(g, view, ndim, ne)
                                 : petrel_graph_tensor(g, ndim, ne);
     if (!out) return NULL;
@@ -180,13 +185,46 @@ static bool ensure_grad(petrel_graph *g, petrel_tensor *t) {
     return true;
 }
 
+/* True when a node reads t through an input whose gradient is dense. */
+static bool has_dense_use(const petrel_graph *g, const petrel_tensor *t) {
+    for (size_t i = 0; i < g->count; i++) {
+        const petrel_node *n = g->tape[i];
+        for (int s = 0; s < n->nsrc; s++)
+            if (n->src[s] == t && !(s == 0 && op_defs[n->op]->sparse_src0)) return true;
+    }
+    return false;
+}
+
+/* A table read by an embedding (sparse gradient) and also by a dense op gets its
+ * dense gradient before the reverse walk: an embedding later on the tape than the
+ * dense use runs its backward first, and would find no gradient to add to. */
+static bool ensure_shared_table_grads(petrel_graph *g) {
+    for (size_t i = 0; i < g->count; i++) {
+        petrel_node *n = g->tape[i];
+        petrel_tensor *t = n->nsrc > 0 ? n->src[0] : NULL;
+        if (!t || !op_defs[n->op]->sparse_src0 || !t->requires_grad || t->grad) continue;
+        if (has_dense_use(g, t) && !ensure_grad(g, t)) return false;
+    }
+    return true;
+}
+
 petrel_err petrel_backward(petrel_graph *g, petrel_tensor *loss) {
     if (g->error != PETREL_OK)
         return petrel_error_set(g->error, "backward on a graph whose forward failed");
     if (!loss || petrel_tensor_numel(loss) != 1)
         return petrel_error_set(PETREL_ERR_INVALID, "backward needs a one-element loss");
     if (!loss->requires_grad) return PETREL_OK; /* nothing to differentiate */
-    if (!ensure_grad(g, loss)) return PETREL_ERR_NOMEM;
+    /* Gradients of op results start from zero on every pass: a second backward over
+     * the same tape then adds each leaf's gradient once more, instead of replaying
+     * what the first pass left in the intermediate gradients. */
+    for (size_t i = 0; i < g->count; i++) {
+        petrel_tensor *out = g->tape[i]->out;
+        if (out->grad) memset(out->grad->data, 0, (size_t)petrel_tensor_numel(out) * sizeof(float));
+    }
+    if (!ensure_grad(g, loss) || !ensure_shared_table_grads(g)) {
+        g->error = PETREL_ERR_NOMEM;
+        return petrel_error_set(PETREL_ERR_NOMEM, "backward: out of memory for gradients");
+    }
     loss->grad->data[0] += 1.0f;
     const petrel_kernels *k = petrel_kernels_current();
     for (size_t i = g->count; i-- > 0;) {

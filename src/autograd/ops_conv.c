@@ -14,8 +14,13 @@ typedef struct conv_geom {
 
 static conv_geom geom(const petrel_node *n) {
     const petrel_tensor *x = n->src[0], *w = n->src[1];
-    conv_geom c = {.N = x->ne[0], .Cin = x->ne[1], .H = x->ne[2], .W = x->ne[3],
-                   .Cout = w->ne[0], .KH = w->ne[2], .KW = w->ne[3]};
+    conv_geom c = {.N = x->ne[0],
+                   .Cin = x->ne[1],
+                   .H = x->ne[2],
+                   .W = x->ne[3],
+                   .Cout = w->ne[0],
+                   .KH = w->ne[2],
+                   .KW = w->ne[3]};
     c.OH = (c.H + 2 * n->p.conv.pad - c.KH) / n->p.conv.stride + 1;
     c.OW = (c.W + 2 * n->p.conv.pad - c.KW) / n->p.conv.stride + 1;
     c.CK = c.Cin * c.KH * c.KW;
@@ -111,7 +116,8 @@ petrel_tensor *petrel_op_maxpool2d(petrel_graph *g, petrel_tensor *x, int64_t k,
     if (n) {
         n->p.pool.k = k;
         n->p.pool.s = s;
-        n->saved = petreli_graph_alloc(g, (size_t)(ne[0] * ne[1] * ne[2] * ne[3]) * sizeof(int32_t));
+        n->saved =
+            petreli_graph_alloc(g, (size_t)(ne[0] * ne[1] * ne[2] * ne[3]) * sizeof(int32_t));
         if (!n->saved) n = NULL;
     }
     return petreli_node_finish(g, n);
@@ -125,8 +131,8 @@ static void maxpool_forward(petrel_node *n, const petrel_kernels *k) {
 
 static void maxpool_backward(petrel_node *n, const petrel_kernels *k) {
     const petrel_tensor *x = n->src[0];
-    k->maxpool2d_backward(x->grad->data, n->out->grad->data, n->saved, x->ne[0], x->ne[1],
-                          x->ne[2], x->ne[3], n->p.pool.k, n->p.pool.s);
+    k->maxpool2d_backward(x->grad->data, n->out->grad->data, n->saved, x->ne[0], x->ne[1], x->ne[2],
+                          x->ne[3], n->p.pool.k, n->p.pool.s);
 }
 
 const petrel_op_def petreli_op_maxpool2d = {"maxpool2d", maxpool_forward, maxpool_backward, false};

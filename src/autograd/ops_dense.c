@@ -1,7 +1,6 @@
 /* Dense ops: matmul, linear, broadcasting add and mul, unary activations, sum, reshape. */
 #include "autograd_impl.h"
 
-
 static float *data(const petrel_tensor *t) {
     return t->data;
 }
@@ -285,8 +284,7 @@ petrel_tensor *petrel_op_reshape(petrel_graph *g, petrel_tensor *x, int ndim, co
     int64_t numel = 1;
     for (int d = 0; d < ndim; d++) numel *= ne[d];
     PETREL_ASSERT(numel == petrel_tensor_numel(x), "reshape must keep the number of elements");
-    return petreli_node_finish(
-        g, petreli_node_new(g, PETREL_OP_RESHAPE, 1, &x, ndim, ne, x->data));
+    return petreli_node_finish(g, petreli_node_new(g, PETREL_OP_RESHAPE, 1, &x, ndim, ne, x->data));
 }
 
 petrel_tensor *petrel_op_flatten(petrel_graph *g, petrel_tensor *x) {

@@ -45,8 +45,8 @@ petrel_tensor *petrel_op_log_softmax(petrel_graph *g, petrel_tensor *x) {
     if (!x) return petreli_node_finish(g, NULL);
     PETREL_ASSERT(x->ndim == 2 && petrel_tensor_is_contiguous(x),
                   "log_softmax: x must be a contiguous matrix (R, C)");
-    return petreli_node_finish(
-        g, petreli_node_new(g, PETREL_OP_LOG_SOFTMAX, 1, &x, 2, x->ne, NULL));
+    return petreli_node_finish(g,
+                               petreli_node_new(g, PETREL_OP_LOG_SOFTMAX, 1, &x, 2, x->ne, NULL));
 }
 
 static void log_softmax_forward(petrel_node *n, const petrel_kernels *k) {

@@ -8,16 +8,26 @@ static _Thread_local char errmsg[1024];
 
 const char *petrel_strerror(petrel_err err) {
     switch (err) {
-    case PETREL_OK: return "ok";
-    case PETREL_ERR_NOMEM: return "out of memory";
-    case PETREL_ERR_INVALID: return "invalid argument";
-    case PETREL_ERR_IO: return "input/output error";
-    case PETREL_ERR_FORMAT: return "malformed input";
-    case PETREL_ERR_TIMEOUT: return "timed out";
-    case PETREL_ERR_NOT_FOUND: return "not found";
-    case PETREL_ERR_UNSUPPORTED: return "unsupported";
-    case PETREL_ERR_STATE: return "wrong state";
-    case PETREL_ERR_COUNT: break;
+    case PETREL_OK:
+        return "ok";
+    case PETREL_ERR_NOMEM:
+        return "out of memory";
+    case PETREL_ERR_INVALID:
+        return "invalid argument";
+    case PETREL_ERR_IO:
+        return "input/output error";
+    case PETREL_ERR_FORMAT:
+        return "malformed input";
+    case PETREL_ERR_TIMEOUT:
+        return "timed out";
+    case PETREL_ERR_NOT_FOUND:
+        return "not found";
+    case PETREL_ERR_UNSUPPORTED:
+        return "unsupported";
+    case PETREL_ERR_STATE:
+        return "wrong state";
+    case PETREL_ERR_COUNT:
+        break;
     }
     return "unknown error";
 }

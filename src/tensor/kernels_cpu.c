@@ -21,10 +21,10 @@ static void blas_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
                 (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
 }
 
-static void cpu_add_row(float *restrict y, const float *x, const float *restrict b, int64_t R,
-                        int64_t C) {
+/* y may alias x (linear adds its bias in place), so neither is restrict. */
+static void cpu_add_row(float *y, const float *x, const float *restrict b, int64_t R, int64_t C) {
     for (int64_t r = 0; r < R; r++) {
-        float *restrict yr = y + r * C;
+        float *yr = y + r * C;
         const float *xr = x + r * C;
         for (int64_t c = 0; c < C; c++) yr[c] = xr[c] + b[c];
     }
@@ -48,7 +48,8 @@ static void cpu_unary(petrel_unary_op op, float *y, const float *x, int64_t n) {
     case PETREL_UNARY_SIGMOID:
         for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
         return;
-    case PETREL_UNARY_COUNT: break;
+    case PETREL_UNARY_COUNT:
+        break;
     }
     PETREL_ASSERT(0, "unknown unary op");
 }
@@ -65,7 +66,8 @@ static void cpu_unary_backward(petrel_unary_op op, float *restrict dx, const flo
     case PETREL_UNARY_SIGMOID:
         for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1.0f - y[i]);
         return;
-    case PETREL_UNARY_COUNT: break;
+    case PETREL_UNARY_COUNT:
+        break;
     }
     PETREL_ASSERT(0, "unknown unary op");
 }
@@ -139,7 +141,8 @@ static void cpu_im2col(float *col, const float *x, int64_t Cin, int64_t H, int64
                     }
                     const float *xr = x + (c * H + h) * W - pad + kw;
                     for (int64_t ow = 0; ow < w0; ow++) o[ow] = 0.0f;
-                    if (stride == 1) memcpy(o + w0, xr + w0, (size_t)(w1 - w0) * sizeof(float));
+                    if (stride == 1)
+                        memcpy(o + w0, xr + w0, (size_t)(w1 - w0) * sizeof(float));
                     else
                         for (int64_t ow = w0; ow < w1; ow++) o[ow] = xr[ow * stride];
                     for (int64_t ow = w1; ow < OW; ow++) o[ow] = 0.0f;
@@ -207,7 +210,8 @@ static void cpu_csr_mm(float *y, const petrel_csr *A, const float *x, int64_t N,
                        float beta) {
     for (int64_t r = 0; r < A->rows; r++) {
         float *restrict yr = y + r * N;
-        if (beta == 0.0f) memset(yr, 0, (size_t)N * sizeof(float));
+        if (beta == 0.0f)
+            memset(yr, 0, (size_t)N * sizeof(float));
         else if (beta != 1.0f)
             for (int64_t n = 0; n < N; n++) yr[n] *= beta;
         for (int64_t e = A->row_ptr[r]; e < A->row_ptr[r + 1]; e++) {
@@ -236,6 +240,9 @@ static void cpu_axpy(float *restrict y, float alpha, const float *restrict x, in
 
 /* Decided on first use and cached: -1 unknown, 0 OpenBLAS, 1 AVX-512. */
 static _Atomic int gemm_choice = -1;
+/* Threads granted by petrel_kernels_set_threads: petrel's GEMM is single-threaded,
+ * so more than one hands GEMMs to OpenBLAS, which runs them on that many. */
+static _Atomic int math_threads = 1;
 
 static void cpu_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
@@ -246,8 +253,10 @@ static void cpu_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
         bool use_blas = force && strcmp(force, "openblas") == 0;
         gemm_choice = choice = !use_blas && petreli_gemm_avx512_available();
     }
-    if (choice) petreli_gemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else blas_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (choice && math_threads == 1)
+        petreli_gemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        blas_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 static const petrel_kernels cpu_kernels = {
@@ -284,5 +293,6 @@ void petrel_kernels_set_current(const petrel_kernels *k) {
 }
 
 void petrel_kernels_set_threads(int threads) {
-    openblas_set_num_threads(threads > 0 ? threads : 1);
+    math_threads = threads > 0 ? threads : 1;
+    openblas_set_num_threads(math_threads);
 }

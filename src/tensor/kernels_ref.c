@@ -23,10 +23,14 @@ static void ref_sum_rows_acc(float *db, const float *dy, int64_t R, int64_t C) {
 
 static float unary_f(petrel_unary_op op, float x) {
     switch (op) {
-    case PETREL_UNARY_RELU: return x > 0 ? x : 0;
-    case PETREL_UNARY_TANH: return (float)tanh(x);
-    case PETREL_UNARY_SIGMOID: return (float)(1.0 / (1.0 + exp(-(double)x)));
-    case PETREL_UNARY_COUNT: break;
+    case PETREL_UNARY_RELU:
+        return x > 0 ? x : 0;
+    case PETREL_UNARY_TANH:
+        return (float)tanh(x);
+    case PETREL_UNARY_SIGMOID:
+        return (float)(1.0 / (1.0 + exp(-(double)x)));
+    case PETREL_UNARY_COUNT:
+        break;
     }
     PETREL_ASSERT(0, "unknown unary op");
 }
@@ -34,10 +38,14 @@ static float unary_f(petrel_unary_op op, float x) {
 /* Derivative expressed through the forward output y, which is what the tape keeps. */
 static float unary_df(petrel_unary_op op, float y) {
     switch (op) {
-    case PETREL_UNARY_RELU: return y > 0 ? 1.0f : 0.0f;
-    case PETREL_UNARY_TANH: return 1.0f - y * y;
-    case PETREL_UNARY_SIGMOID: return y * (1.0f - y);
-    case PETREL_UNARY_COUNT: break;
+    case PETREL_UNARY_RELU:
+        return y > 0 ? 1.0f : 0.0f;
+    case PETREL_UNARY_TANH:
+        return 1.0f - y * y;
+    case PETREL_UNARY_SIGMOID:
+        return y * (1.0f - y);
+    case PETREL_UNARY_COUNT:
+        break;
     }
     PETREL_ASSERT(0, "unknown unary op");
 }
@@ -51,8 +59,8 @@ static void ref_unary_backward(petrel_unary_op op, float *dx, const float *dy, c
     for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * unary_df(op, y[i]);
 }
 
-static double ref_softmax_xent(float *probs, const float *logits, const int32_t *labels,
-                               int64_t B, int64_t C) {
+static double ref_softmax_xent(float *probs, const float *logits, const int32_t *labels, int64_t B,
+                               int64_t C) {
     double loss = 0;
     for (int64_t b = 0; b < B; b++) {
         const float *z = logits + b * C;
@@ -135,7 +143,8 @@ static void ref_maxpool2d_backward(float *dx, const float *dy, const int32_t *ar
                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t S) {
     int64_t OH = (H - K) / S + 1, OW = (W - K) / S + 1;
     for (int64_t p = 0; p < N * C; p++)
-        for (int64_t o = 0; o < OH * OW; o++) dx[p * H * W + argmax[p * OH * OW + o]] += dy[p * OH * OW + o];
+        for (int64_t o = 0; o < OH * OW; o++)
+            dx[p * H * W + argmax[p * OH * OW + o]] += dy[p * OH * OW + o];
 }
 
 static void ref_csr_mm(float *y, const petrel_csr *A, const float *x, int64_t N, float alpha,
