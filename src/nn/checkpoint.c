@@ -47,7 +47,7 @@ typedef struct wbuf {
 } wbuf;
 
 static void put(wbuf *b, const void *src, size_t n) {
-    if (b->failed) return;
+    if (b->failed || n == 0) return; /* n == 0 may come with src NULL (no metadata) */
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n) cap *= 2;
