@@ -93,6 +93,36 @@ static void check_fail(const char *file, int line, const char *fmt, ...) {
 #define CHECK_DONE()                                                                               \
     (printf("%d passed, %d failed\n", check_passed, check_failed), check_failed ? 1 : 0)
 
+/* The seed of a randomized test file: $PETREL_TEST_SEED when set, else fallback. */
+static inline uint64_t check_seed(uint64_t fallback) {
+    const char *env = getenv("PETREL_TEST_SEED");
+    return env ? strtoull(env, NULL, 10) : fallback;
+}
+
+/* RUN, and on failure the line that repeats it with the same random numbers. */
+#define RUN_SEEDED(fn, seed)                                                                       \
+    do {                                                                                           \
+        RUN(fn);                                                                                   \
+        if (check_current_failed)                                                                  \
+            printf("# %s failed with seed %llu (PETREL_TEST_SEED=%llu repeats it)\n", #fn,         \
+                   (unsigned long long)(seed), (unsigned long long)(seed));                        \
+    } while (0)
+
+/* A last test, "no_leaks": every byte allocated since `before` (a
+ * petrel_alloc_stats) has been freed. */
+#define CHECK_NO_LEAKS(before)                                                                     \
+    do {                                                                                           \
+        check_current = "no_leaks";                                                                \
+        check_current_failed = 0;                                                                  \
+        CHECK(petrel_alloc_get_stats().live_bytes == (before).live_bytes);                         \
+        if (check_current_failed)                                                                  \
+            check_failed++;                                                                        \
+        else {                                                                                     \
+            check_passed++;                                                                        \
+            printf("ok - no_leaks\n");                                                             \
+        }                                                                                          \
+    } while (0)
+
 /* Skips the whole test executable (CTest reads exit 77 as skipped). */
 #define CHECK_SKIP_ALL(why)                                                                        \
     do {                                                                                           \

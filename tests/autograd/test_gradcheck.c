@@ -1103,43 +1103,28 @@ static void test_cnn(void) {
     gradcheck(&c);
 }
 
-#define RUN_SEEDED(fn)                                                                             \
-    do {                                                                                           \
-        RUN(fn);                                                                                   \
-        if (check_current_failed)                                                                  \
-            printf("# %s failed with seed %llu (PETREL_TEST_SEED=%llu repeats it)\n", #fn,         \
-                   (unsigned long long)seed, (unsigned long long)seed);                            \
-    } while (0)
-
 int main(void) {
-    const char *env = getenv("PETREL_TEST_SEED");
-    if (env) seed = strtoull(env, NULL, 10);
+    seed = check_seed(seed);
     verbose = getenv("PETREL_TEST_VERBOSE") != NULL;
     petrel_rng_seed(&rng, seed);
     petrel_alloc_stats before = petrel_alloc_get_stats();
 
-    RUN_SEEDED(test_gradcheck_detects_errors);
-    RUN_SEEDED(test_matmul);
-    RUN_SEEDED(test_linear);
-    RUN_SEEDED(test_add_mul_broadcast);
-    RUN_SEEDED(test_activations);
-    RUN_SEEDED(test_sum_reshape_flatten);
-    RUN_SEEDED(test_losses);
-    RUN_SEEDED(test_conv2d);
-    RUN_SEEDED(test_maxpool2d);
-    RUN_SEEDED(test_embedding_dense);
-    RUN_SEEDED(test_embedding_sparse);
-    RUN_SEEDED(test_dropout);
-    RUN_SEEDED(test_shared_inputs);
-    RUN_SEEDED(test_mlp);
-    RUN_SEEDED(test_cnn);
+    RUN_SEEDED(test_gradcheck_detects_errors, seed);
+    RUN_SEEDED(test_matmul, seed);
+    RUN_SEEDED(test_linear, seed);
+    RUN_SEEDED(test_add_mul_broadcast, seed);
+    RUN_SEEDED(test_activations, seed);
+    RUN_SEEDED(test_sum_reshape_flatten, seed);
+    RUN_SEEDED(test_losses, seed);
+    RUN_SEEDED(test_conv2d, seed);
+    RUN_SEEDED(test_maxpool2d, seed);
+    RUN_SEEDED(test_embedding_dense, seed);
+    RUN_SEEDED(test_embedding_sparse, seed);
+    RUN_SEEDED(test_dropout, seed);
+    RUN_SEEDED(test_shared_inputs, seed);
+    RUN_SEEDED(test_mlp, seed);
+    RUN_SEEDED(test_cnn, seed);
 
-    check_current = "no_leaks";
-    check_current_failed = 0;
-    CHECK(petrel_alloc_get_stats().live_bytes == before.live_bytes);
-    if (check_current_failed)
-        check_failed++;
-    else
-        check_passed++, printf("ok - no_leaks\n");
+    CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }

@@ -661,17 +661,8 @@ static void test_embedding_sparse_grad(void) {
     petrel_graph_free(g);
 }
 
-#define RUN_SEEDED(fn)                                                                             \
-    do {                                                                                           \
-        RUN(fn);                                                                                   \
-        if (check_current_failed)                                                                  \
-            printf("# %s failed with seed %llu (PETREL_TEST_SEED=%llu repeats it)\n", #fn,         \
-                   (unsigned long long)seed, (unsigned long long)seed);                            \
-    } while (0)
-
 int main(void) {
-    const char *env = getenv("PETREL_TEST_SEED");
-    if (env) seed = strtoull(env, NULL, 10);
+    seed = check_seed(seed);
     petrel_rng_seed(&rng, seed);
     petrel_alloc_stats before = petrel_alloc_get_stats();
 
@@ -679,23 +670,17 @@ int main(void) {
     RUN(test_graph_new_nomem);
     RUN(test_op_names);
     RUN(test_forward_values);
-    RUN_SEEDED(test_requires_grad_propagation);
+    RUN_SEEDED(test_requires_grad_propagation, seed);
     RUN(test_diamond);
-    RUN_SEEDED(test_accumulate_caller_grad);
-    RUN_SEEDED(test_reset_clears_leaf_grads);
-    RUN_SEEDED(test_sticky_error_forward);
-    RUN_SEEDED(test_sticky_error_backward);
+    RUN_SEEDED(test_accumulate_caller_grad, seed);
+    RUN_SEEDED(test_reset_clears_leaf_grads, seed);
+    RUN_SEEDED(test_sticky_error_forward, seed);
+    RUN_SEEDED(test_sticky_error_backward, seed);
     RUN(test_tape_growth);
-    RUN_SEEDED(test_steady_state_no_malloc);
-    RUN_SEEDED(test_dropout_statistics);
+    RUN_SEEDED(test_steady_state_no_malloc, seed);
+    RUN_SEEDED(test_dropout_statistics, seed);
     RUN(test_embedding_sparse_grad);
 
-    check_current = "no_leaks";
-    check_current_failed = 0;
-    CHECK(petrel_alloc_get_stats().live_bytes == before.live_bytes);
-    if (check_current_failed)
-        check_failed++;
-    else
-        check_passed++, printf("ok - no_leaks\n");
+    CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }

@@ -606,17 +606,8 @@ static void test_threads(void) {
     CHECK(never == NULL);
 }
 
-#define RUN_SEEDED(fn)                                                                             \
-    do {                                                                                           \
-        RUN(fn);                                                                                   \
-        if (check_current_failed)                                                                  \
-            printf("# %s failed with seed %llu (PETREL_TEST_SEED=%llu repeats it)\n", #fn,         \
-                   (unsigned long long)seed, (unsigned long long)seed);                            \
-    } while (0)
-
 int main(void) {
-    const char *env = getenv("PETREL_TEST_SEED");
-    if (env) seed = strtoull(env, NULL, 10);
+    seed = check_seed(seed);
     RUN(test_log_level_from_env); /* first: the level is cached on first use */
     RUN(test_log_set_get);
     RUN(test_strerror);
@@ -631,11 +622,11 @@ int main(void) {
     RUN(test_arena_reset_reuses);
     RUN(test_arena_merge_after_spill);
     RUN(test_arena_out_of_memory);
-    RUN_SEEDED(test_rng_streams);
-    RUN_SEEDED(test_rng_below_uniform);
-    RUN_SEEDED(test_rng_uniform);
-    RUN_SEEDED(test_rng_normal);
-    RUN_SEEDED(test_rng_shuffle);
+    RUN_SEEDED(test_rng_streams, seed);
+    RUN_SEEDED(test_rng_below_uniform, seed);
+    RUN_SEEDED(test_rng_uniform, seed);
+    RUN_SEEDED(test_rng_normal, seed);
+    RUN_SEEDED(test_rng_shuffle, seed);
     RUN(test_timers);
     RUN(test_threads);
     return CHECK_DONE();

@@ -696,46 +696,37 @@ static void test_csr_random(void) {
     }
 }
 
-#define RUN_SEEDED(fn)                                                                             \
+/* Each test reports its first failing case once. */
+#define RUN_CASES(fn)                                                                              \
     do {                                                                                           \
         case_reported = 0;                                                                         \
-        RUN(fn);                                                                                   \
-        if (check_current_failed)                                                                  \
-            printf("# %s failed with seed %llu (PETREL_TEST_SEED=%llu repeats it)\n", #fn,         \
-                   (unsigned long long)seed, (unsigned long long)seed);                            \
+        RUN_SEEDED(fn, seed);                                                                      \
     } while (0)
 
 int main(void) {
-    const char *env = getenv("PETREL_TEST_SEED");
-    if (env) seed = strtoull(env, NULL, 10);
+    seed = check_seed(seed);
     petrel_rng_seed(&rng, seed);
     cpu = petrel_kernels_cpu();
     ref = petrel_kernels_reference();
     petrel_alloc_stats before = petrel_alloc_get_stats();
 
     RUN(test_kernel_sets);
-    RUN_SEEDED(test_gemm_smoke);
-    RUN_SEEDED(test_add_row);
-    RUN_SEEDED(test_sum_rows_acc);
-    RUN_SEEDED(test_axpy);
-    RUN_SEEDED(test_unary);
+    RUN_CASES(test_gemm_smoke);
+    RUN_CASES(test_add_row);
+    RUN_CASES(test_sum_rows_acc);
+    RUN_CASES(test_axpy);
+    RUN_CASES(test_unary);
     RUN(test_softmax_xent_hand);
     RUN(test_softmax_xent_large_logits);
-    RUN_SEEDED(test_softmax_xent_random);
+    RUN_CASES(test_softmax_xent_random);
     RUN(test_log_softmax_hand);
     RUN(test_im2col_hand);
-    RUN_SEEDED(test_im2col_col2im_random);
+    RUN_CASES(test_im2col_col2im_random);
     RUN(test_maxpool_hand);
-    RUN_SEEDED(test_maxpool_random);
+    RUN_CASES(test_maxpool_random);
     RUN(test_csr_hand);
-    RUN_SEEDED(test_csr_random);
+    RUN_CASES(test_csr_random);
 
-    check_current = "no_leaks";
-    check_current_failed = 0;
-    CHECK(petrel_alloc_get_stats().live_bytes == before.live_bytes);
-    if (check_current_failed)
-        check_failed++;
-    else
-        check_passed++, printf("ok - no_leaks\n");
+    CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }
