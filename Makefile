@@ -40,6 +40,7 @@ bench: deps build
 	@scripts/deps.sh --bench
 	./$(BUILD)/bench_gemm
 	./$(BUILD)/bench_train
+	./$(BUILD)/petrel bench net
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -11,5 +11,7 @@
 #include "petrel/data.h"
 #include "petrel/nn.h"
 #include "petrel/train.h"
+#include "petrel/net.h"
+#include "petrel/launch.h"
 
 #endif

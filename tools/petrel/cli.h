@@ -19,5 +19,6 @@ bool cli_parse_i64(const char *s, int64_t *out);
 bool cli_parse_f32(const char *s, float *out);
 
 int cmd_train(int argc, char **argv);
+int cmd_launch(int argc, char **argv);
 
 #endif

@@ -1,4 +1,5 @@
 /* petrel: the command-line entry point; dispatches to one cmd_<sub>.c per subcommand. */
+#include "bench.h"
 #include "cli.h"
 
 #include <errno.h>
@@ -50,6 +51,8 @@ static void usage(FILE *f) {
         "\n"
         "commands:\n"
         "  train      train a model (softmax, mlp, cnn) and write metrics and a checkpoint\n"
+        "  launch     run a program as a local job: coordinator, servers, workers\n"
+        "  bench      measure a part of petrel against its baselines (net: transports)\n"
         "  version    print the version\n"
         "\n"
         "options:\n"
@@ -76,5 +79,7 @@ int main(int argc, char **argv) {
         return CLI_OK;
     }
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "launch") == 0) return cmd_launch(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0) return cmd_bench(argc - 1, argv + 1);
     return cli_usage_error(NULL, "unknown command '%s'", cmd);
 }

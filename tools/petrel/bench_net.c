@@ -1,0 +1,700 @@
+/*
+ * petrel bench net: what petrel's transports cost against what they are built on.
+ *
+ * Every column but memcpy is two processes on 127.0.0.1, forked from this one:
+ *   tcp      a job of two petrel nodes with PETREL_TRANSPORT_TCP
+ *   shm      a job of two petrel nodes with PETREL_TRANSPORT_AUTO, whose link is shared
+ *            memory (checked with petrel_net_link)
+ *   socket   a plain blocking TCP socket pair with TCP_NODELAY: write and read loops
+ *   memcpy   one thread of this process copying a message-sized buffer into another,
+ *            over and over (the same caches as the transports see)
+ * The parent plays the launcher (the coordinator's listening socket is made here and
+ * passed to rank 0, as tests/net/test_cluster_net.c does), gives each pair a deadline,
+ * and kills both processes when one fails or the deadline passes.
+ *
+ * Cases, measured by rank 0 (socket: the accepting side):
+ *   rtt SIZE   ping-pong: send SIZE bytes, the peer receives them and sends SIZE bytes
+ *              back; the median of rtt_iters round trips after rtt_warmup
+ *   bw SIZE    streaming: K messages of SIZE bytes back to back (K = bw_bytes / SIZE, at
+ *              least bw_min_msgs); the peer receives them all, then replies with one
+ *              byte; GB/s = K * SIZE / (first send to reply), 1 GB = 1e9 bytes
+ * The pairs run one after the other, `rounds` times over (tcp, shm, socket, memcpy, tcp,
+ * ...), and each figure is the median over the rounds: on a shared machine the load
+ * then weighs on every column alike.
+ * petrel columns use petrel_net_send and petrel_net_recv with the default configuration
+ * (frames of 1 MiB), so they include what a caller pays: framing, the receiving I/O
+ * thread, a buffer per message and the hand-over to the caller's thread.
+ */
+#include "bench.h"
+#include "cli.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_RTT 2
+#define MAX_BW  8
+
+#define MSG_PING (PETREL_MSG_USER + 1)
+#define MSG_DATA (PETREL_MSG_USER + 2)
+#define MSG_DONE (PETREL_MSG_USER + 3)
+
+typedef enum pair_kind { PAIR_TCP, PAIR_SHM, PAIR_SOCKET, PAIR_COUNT } pair_kind;
+
+static const char *const pair_name[PAIR_COUNT] = {"tcp", "shm", "socket"};
+
+typedef struct plan {
+    size_t rtt_size[MAX_RTT];
+    int n_rtt, rtt_warmup, rtt_iters;
+    size_t bw_size[MAX_BW];
+    int n_bw, bw_min_msgs;
+    int rounds;        /* times each pair runs; figures are medians over rounds */
+    size_t bw_bytes;   /* bytes per run */
+    size_t copy_bytes; /* memcpy: the buffers copied through */
+    int call_ms;       /* bound on each blocking call in a node */
+    int pair_s;        /* bound on a pair of processes, start to exit */
+} plan;
+
+/* One side of a pair, in memory shared with the parent. Side 0 measures. */
+typedef struct side_result {
+    int ok;
+    char link[16];
+    double rtt_us[MAX_RTT];
+    double bw_gbs[MAX_BW];
+    char error[320];
+} side_result;
+
+#define MAX_ROUNDS 8
+
+/* The figures of every round, and their medians. */
+typedef struct results {
+    side_result side[PAIR_COUNT][2]; /* the current round, written by the children */
+    double rtt_us[PAIR_COUNT][MAX_ROUNDS][MAX_RTT];
+    double bw_gbs[PAIR_COUNT + 1][MAX_ROUNDS][MAX_BW]; /* [PAIR_COUNT]: memcpy */
+    double dram_gbs[MAX_ROUNDS];
+    bool ran[PAIR_COUNT], ok[PAIR_COUNT];
+    double rtt[PAIR_COUNT][MAX_RTT], bw[PAIR_COUNT + 1][MAX_BW], dram; /* medians */
+} results;
+
+static void side_error(side_result *s, const char *fmt, ...) PETREL_PRINTF(2, 3);
+static void side_error(side_result *s, const char *fmt, ...) {
+    if (s->error[0]) return; /* the first error is the cause */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->error, sizeof s->error, fmt, ap);
+    va_end(ap);
+}
+
+static double now_s(void) {
+    return (double)petrel_now_ns() * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static const char *size_name(size_t bytes, char *buf, size_t len) {
+    if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
+        snprintf(buf, len, "%zu MiB", bytes >> 20);
+    else if (bytes >= 1024 && bytes % 1024 == 0)
+        snprintf(buf, len, "%zu KiB", bytes >> 10);
+    else
+        snprintf(buf, len, "%zu B", bytes);
+    return buf;
+}
+
+/* ---- endpoints: a petrel node or a socket, seen the same way by the cases --------- */
+
+typedef struct endpoint endpoint;
+struct endpoint {
+    /* Sends len bytes of data as one message of type. */
+    bool (*send)(endpoint *e, uint8_t type, const void *data, size_t len);
+    /* Receives one message of type and len bytes. */
+    bool (*recv)(endpoint *e, uint8_t type, size_t len);
+    petrel_net *net;
+    int peer;
+    int fd;
+    unsigned char *scratch; /* socket: where messages are read to */
+    int call_ms;
+    side_result *res;
+};
+
+static bool net_send(endpoint *e, uint8_t type, const void *data, size_t len) {
+    petrel_err err = petrel_net_send(e->net, e->peer, type, 0, 0, data, len, e->call_ms);
+    if (err != PETREL_OK) side_error(e->res, "send: %s", petrel_errmsg());
+    return err == PETREL_OK;
+}
+
+static bool net_recv(endpoint *e, uint8_t type, size_t len) {
+    petrel_msg m;
+    petrel_err err = petrel_net_recv(e->net, e->peer, type, PETREL_ANY_ID, &m, e->call_ms);
+    if (err != PETREL_OK) {
+        side_error(e->res, "recv: %s", petrel_errmsg());
+        return false;
+    }
+    bool ok = m.len == len;
+    if (!ok) side_error(e->res, "recv: a message of %zu bytes, expected %zu", m.len, len);
+    petrel_msg_release(&m);
+    return ok;
+}
+
+static bool sock_send(endpoint *e, uint8_t type, const void *data, size_t len) {
+    (void)type;
+    const unsigned char *p = data;
+    while (len > 0) {
+        ssize_t w = send(e->fd, p, len, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            side_error(e->res, "socket write: %s", w < 0 ? strerror(errno) : "wrote nothing");
+            return false;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return true;
+}
+
+static bool sock_recv(endpoint *e, uint8_t type, size_t len) {
+    (void)type;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = read(e->fd, e->scratch + got, len - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            side_error(e->res, "socket read: %s",
+                       r < 0 ? strerror(errno) : "closed by the other process");
+            return false;
+        }
+        got += (size_t)r;
+    }
+    return true;
+}
+
+/* ---- the cases ------------------------------------------------------------------------ */
+
+static size_t bw_msgs(const plan *p, size_t size) {
+    size_t k = p->bw_bytes / size;
+    return k < (size_t)p->bw_min_msgs ? (size_t)p->bw_min_msgs : k;
+}
+
+/* Side 0: runs every case and records the figures. */
+static bool measure(endpoint *e, const plan *p, const unsigned char *buf) {
+    double *t = petrel_malloc((size_t)p->rtt_iters * sizeof *t);
+    if (!t) {
+        side_error(e->res, "out of memory");
+        return false;
+    }
+    bool ok = true;
+    for (int i = 0; ok && i < p->n_rtt; i++) {
+        size_t len = p->rtt_size[i];
+        for (int k = 0; ok && k < p->rtt_warmup + p->rtt_iters; k++) {
+            double t0 = now_s();
+            ok = e->send(e, MSG_PING, buf, len) && e->recv(e, MSG_PING, len);
+            if (k >= p->rtt_warmup) t[k - p->rtt_warmup] = now_s() - t0;
+        }
+        if (ok) e->res->rtt_us[i] = median(t, p->rtt_iters) * 1e6;
+    }
+    for (int i = 0; ok && i < p->n_bw; i++) {
+        size_t len = p->bw_size[i], k = bw_msgs(p, len);
+        double t0 = now_s();
+        for (size_t m = 0; ok && m < k; m++) ok = e->send(e, MSG_DATA, buf, len);
+        ok = ok && e->recv(e, MSG_DONE, 1);
+        if (ok) e->res->bw_gbs[i] = (double)(k * len) / (now_s() - t0) * 1e-9;
+    }
+    petrel_free(t);
+    return ok;
+}
+
+/* Side 1: the mirror image of measure. */
+static bool respond(endpoint *e, const plan *p, const unsigned char *buf) {
+    bool ok = true;
+    for (int i = 0; ok && i < p->n_rtt; i++)
+        for (int k = 0; ok && k < p->rtt_warmup + p->rtt_iters; k++)
+            ok = e->recv(e, MSG_PING, p->rtt_size[i]) && e->send(e, MSG_PING, buf, p->rtt_size[i]);
+    for (int i = 0; ok && i < p->n_bw; i++) {
+        size_t len = p->bw_size[i], k = bw_msgs(p, len);
+        for (size_t m = 0; ok && m < k; m++) ok = e->recv(e, MSG_DATA, len);
+        ok = ok && e->send(e, MSG_DONE, buf, 1);
+    }
+    return ok;
+}
+
+static size_t largest(const plan *p) {
+    size_t n = 4096;
+    for (int i = 0; i < p->n_rtt; i++)
+        if (p->rtt_size[i] > n) n = p->rtt_size[i];
+    for (int i = 0; i < p->n_bw; i++)
+        if (p->bw_size[i] > n) n = p->bw_size[i];
+    return n;
+}
+
+/* ---- the two processes of a pair ------------------------------------------------------- */
+
+typedef struct pair_env {
+    int listen_fd;   /* the coordinator's (or socket side 0's) listening socket */
+    char addr[64];   /* its "127.0.0.1:port" */
+    char job_id[64]; /* names the shared-memory segments */
+} pair_env;
+
+static int node_main(pair_kind kind, int rank, const plan *p, const pair_env *env,
+                     side_result *res) {
+    petrel_net_config cfg = petrel_net_config_default();
+    cfg.rank = rank;
+    cfg.size = 2;
+    cfg.servers = 0;
+    cfg.transport = kind == PAIR_TCP ? PETREL_TRANSPORT_TCP : PETREL_TRANSPORT_AUTO;
+    cfg.coordinator = env->addr;
+    cfg.coordinator_fd = rank == 0 ? env->listen_fd : -1;
+    cfg.token = "petrel-bench";
+    cfg.job_id = env->job_id;
+    cfg.connect_timeout_ms = (uint32_t)p->call_ms;
+    petrel_net *net = NULL;
+    if (petrel_net_start(&net, &cfg) != PETREL_OK) {
+        side_error(res, "rank %d: start: %s", rank, petrel_errmsg());
+        return 1;
+    }
+    const char *link = petrel_net_link(net, 1 - rank);
+    snprintf(res->link, sizeof res->link, "%s", link);
+    unsigned char *buf = NULL;
+    bool ok = strcmp(link, pair_name[kind]) == 0;
+    if (!ok)
+        side_error(res, "rank %d: the link to rank %d is \"%s\", expected \"%s\"", rank, 1 - rank,
+                   link, pair_name[kind]);
+    if (ok && !(buf = petrel_malloc(largest(p)))) {
+        side_error(res, "out of memory");
+        ok = false;
+    }
+    if (ok) {
+        memset(buf, 0x5a, largest(p));
+        endpoint e = {net_send, net_recv, net, 1 - rank, -1, NULL, p->call_ms, res};
+        ok = rank == 0 ? measure(&e, p, buf) : respond(&e, p, buf);
+    }
+    /* Neither leaves before the other has everything: a goodbye over TCP could
+     * overtake the last message over shared memory. */
+    if (ok && petrel_net_barrier(net, p->call_ms) != PETREL_OK) {
+        side_error(res, "rank %d: final barrier: %s", rank, petrel_errmsg());
+        ok = false;
+    }
+    petrel_net_stop(net);
+    petrel_free(buf);
+    res->ok = ok;
+    return ok ? 0 : 1;
+}
+
+static int socket_main(int side, const plan *p, const pair_env *env, side_result *res) {
+    int fd = -1;
+    if (side == 0) {
+        struct pollfd pl = {.fd = env->listen_fd, .events = POLLIN};
+        if (poll(&pl, 1, p->call_ms) == 1) fd = accept(env->listen_fd, NULL, NULL);
+    } else {
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof sa;
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd >= 0 && (getsockname(env->listen_fd, (struct sockaddr *)&sa, &len) != 0 ||
+                        connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    if (fd < 0) {
+        side_error(res, "socket side %d: cannot connect: %s", side, strerror(errno));
+        return 1;
+    }
+    int one = 1;
+    struct timeval tv = {p->call_ms / 1000, (p->call_ms % 1000) * 1000};
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    snprintf(res->link, sizeof res->link, "socket");
+    size_t n = largest(p);
+    unsigned char *buf = petrel_malloc(n), *scratch = petrel_malloc(n);
+    bool ok = buf && scratch;
+    if (!ok) side_error(res, "out of memory");
+    if (ok) {
+        memset(buf, 0x5a, n);
+        memset(scratch, 0, n);
+        endpoint e = {sock_send, sock_recv, NULL, 1 - side, fd, scratch, p->call_ms, res};
+        ok = side == 0 ? measure(&e, p, buf) : respond(&e, p, buf);
+    }
+    close(fd);
+    petrel_free(buf);
+    petrel_free(scratch);
+    res->ok = ok;
+    return ok ? 0 : 1;
+}
+
+/* ---- the parent ------------------------------------------------------------------------- */
+
+static bool make_listener(pair_env *env) {
+    env->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (env->listen_fd < 0 || bind(env->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(env->listen_fd, 16) != 0 ||
+        getsockname(env->listen_fd, (struct sockaddr *)&a, &len) != 0) {
+        if (env->listen_fd >= 0) close(env->listen_fd);
+        return false;
+    }
+    snprintf(env->addr, sizeof env->addr, "127.0.0.1:%d", ntohs(a.sin_port));
+    return true;
+}
+
+/* Forks the two sides of kind, waits for both up to the plan's deadline, and kills
+ * both when one fails or time runs out. True when both measured. */
+static bool run_pair(pair_kind kind, const plan *p, side_result res[2]) {
+    pair_env env;
+    if (!make_listener(&env)) {
+        side_error(&res[0], "listen on 127.0.0.1: %s", strerror(errno));
+        return false;
+    }
+    snprintf(env.job_id, sizeof env.job_id, "bench-%d-%s", (int)getpid(), pair_name[kind]);
+    pid_t parent = getpid(), pid[2] = {-1, -1};
+    fflush(stdout);
+    fflush(stderr);
+    for (int s = 0; s < 2; s++) {
+        pid[s] = fork();
+        if (pid[s] < 0) {
+            side_error(&res[s], "fork: %s", strerror(errno));
+            break;
+        }
+        if (pid[s] == 0) {
+            /* Dies with the parent, whatever kills it. */
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent) _exit(1);
+            if (s == 1 && kind != PAIR_SOCKET) close(env.listen_fd);
+            int rc = kind == PAIR_SOCKET ? socket_main(s, p, &env, &res[s])
+                                         : node_main(kind, s, p, &env, &res[s]);
+            _exit(rc);
+        }
+    }
+    close(env.listen_fd);
+    uint64_t deadline = petrel_now_ns() + (uint64_t)p->pair_s * 1000000000u;
+    int status[2] = {0, 0};
+    bool exited[2] = {pid[0] < 0, pid[1] < 0}, failed = pid[0] < 0 || pid[1] < 0;
+    while (!(exited[0] && exited[1])) {
+        for (int s = 0; s < 2; s++) {
+            if (exited[s]) continue;
+            pid_t got = waitpid(pid[s], &status[s], WNOHANG);
+            if (got == pid[s] || (got < 0 && errno != EINTR)) {
+                exited[s] = true;
+                if (got < 0 || !WIFEXITED(status[s]) || WEXITSTATUS(status[s]) != 0) failed = true;
+                if (got == pid[s] && WIFSIGNALED(status[s]))
+                    side_error(&res[s], "killed by signal %d", WTERMSIG(status[s]));
+            }
+        }
+        bool late = petrel_now_ns() >= deadline;
+        if (late && !failed)
+            side_error(&res[0], "the %s pair did not finish within %d s", pair_name[kind],
+                       p->pair_s);
+        if (failed || late) { /* never leave a process behind */
+            for (int s = 0; s < 2; s++)
+                if (!exited[s]) {
+                    kill(pid[s], SIGKILL);
+                    waitpid(pid[s], NULL, 0);
+                    exited[s] = true;
+                }
+            failed = true;
+        }
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    if (failed && kind != PAIR_SOCKET) /* a killed node leaves its inbox behind */
+        for (int r = 0; r < 2; r++) {
+            char name[128];
+            snprintf(name, sizeof name, "/petrel-%s-%d", env.job_id, r);
+            shm_unlink(name);
+        }
+    return !failed && res[0].ok && res[1].ok;
+}
+
+/* One thread copying: for each size, one message-sized buffer into another, over and
+ * over, as much as a bw run sends (the transports also send one buffer over and over,
+ * so both see the same caches); and once through two buffers of copy_bytes, too large
+ * for any cache (the DRAM figure at the end). */
+static void measure_memcpy(const plan *p, double *gbs, double *dram_gbs) {
+    size_t n = p->copy_bytes;
+    unsigned char *src = petrel_malloc(n), *dst = petrel_malloc(n);
+    if (!src || !dst) {
+        petrel_free(src);
+        petrel_free(dst);
+        return;
+    }
+    memset(src, 1, n);
+    memset(dst, 2, n);
+    for (int i = 0; i < p->n_bw; i++) {
+        size_t len = p->bw_size[i] < n ? p->bw_size[i] : n, k = bw_msgs(p, len);
+        double t0 = now_s();
+        for (size_t m = 0; m < k; m++) {
+            memcpy(dst, src, len);
+            __asm__ __volatile__("" : : "r"(dst) : "memory"); /* every copy happens */
+        }
+        gbs[i] = (double)(k * len) / (now_s() - t0) * 1e-9;
+    }
+    double t0 = now_s();
+    memcpy(dst, src, n);
+    __asm__ __volatile__("" : : "r"(dst) : "memory");
+    *dram_gbs = (double)n / (now_s() - t0) * 1e-9;
+    petrel_free(src);
+    petrel_free(dst);
+}
+
+/* Medians over the rounds of every figure. */
+static void summarize(const plan *p, results *r) {
+    double v[MAX_ROUNDS];
+    for (int k = 0; k <= PAIR_COUNT; k++) {
+        if (k < PAIR_COUNT && !r->ok[k]) continue;
+        for (int i = 0; k < PAIR_COUNT && i < p->n_rtt; i++) {
+            for (int n = 0; n < p->rounds; n++) v[n] = r->rtt_us[k][n][i];
+            r->rtt[k][i] = median(v, p->rounds);
+        }
+        for (int i = 0; i < p->n_bw; i++) {
+            for (int n = 0; n < p->rounds; n++) v[n] = r->bw_gbs[k][n][i];
+            r->bw[k][i] = median(v, p->rounds);
+        }
+    }
+    for (int n = 0; n < p->rounds; n++) v[n] = r->dram_gbs[n];
+    r->dram = median(v, p->rounds);
+}
+
+/* ---- output ----------------------------------------------------------------------------- */
+
+/* Appends to line; a figure of a pair that failed reads "n/a", one not run is left out. */
+static void put(char *line, size_t size, const char *fmt, ...) PETREL_PRINTF(3, 4);
+static void put(char *line, size_t size, const char *fmt, ...) {
+    size_t at = strlen(line);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + at, size - at, fmt, ap);
+    va_end(ap);
+}
+
+static void put_figure(char *line, size_t size, const results *r, int k, double v,
+                       const char *unit) {
+    const char *name = k < PAIR_COUNT ? pair_name[k] : "memcpy";
+    if (k < PAIR_COUNT && !r->ran[k]) return;
+    if ((k < PAIR_COUNT && !r->ok[k]) || v <= 0)
+        put(line, size, "  %s n/a", name);
+    else
+        put(line, size, v >= 10 ? "  %s %.1f %s" : "  %s %.2f %s", name, v, unit);
+}
+
+static void print_results(const plan *p, const results *r) {
+    const bool *ok = r->ok;
+    char line[512], name[32];
+    for (int i = 0; i < p->n_rtt; i++) {
+        snprintf(line, sizeof line, "rtt %-7s", size_name(p->rtt_size[i], name, sizeof name));
+        for (int k = 0; k < PAIR_COUNT; k++)
+            put_figure(line, sizeof line, r, k, r->rtt[k][i], "us");
+        if (ok[PAIR_TCP] && ok[PAIR_SOCKET])
+            put(line, sizeof line, "  tcp/socket %.2fx",
+                r->rtt[PAIR_TCP][i] / r->rtt[PAIR_SOCKET][i]);
+        if (ok[PAIR_TCP] && ok[PAIR_SHM])
+            put(line, sizeof line, "  tcp/shm %.2fx", r->rtt[PAIR_TCP][i] / r->rtt[PAIR_SHM][i]);
+        printf("%s\n", line);
+    }
+    for (int i = 0; i < p->n_bw; i++) {
+        double mc = r->bw[PAIR_COUNT][i];
+        snprintf(line, sizeof line, "bw  %-7s", size_name(p->bw_size[i], name, sizeof name));
+        for (int k = 0; k <= PAIR_COUNT; k++)
+            put_figure(line, sizeof line, r, k, r->bw[k][i], "GB/s");
+        if (ok[PAIR_SHM] && ok[PAIR_TCP])
+            put(line, sizeof line, "  shm/tcp %.2fx", r->bw[PAIR_SHM][i] / r->bw[PAIR_TCP][i]);
+        if (ok[PAIR_TCP] && ok[PAIR_SOCKET])
+            put(line, sizeof line, "  tcp/socket %.2f", r->bw[PAIR_TCP][i] / r->bw[PAIR_SOCKET][i]);
+        if (mc > 0 && (ok[PAIR_TCP] || ok[PAIR_SHM] || ok[PAIR_SOCKET])) {
+            put(line, sizeof line, "  of memcpy:");
+            for (int k = 0; k < PAIR_COUNT; k++)
+                if (ok[k])
+                    put(line, sizeof line, " %s %.0f%%", pair_name[k], 100 * r->bw[k][i] / mc);
+        }
+        printf("%s\n", line);
+    }
+}
+
+/* The targets, each met or missed with the figure that decides it. */
+static void print_targets(const plan *p, const results *r) {
+    const bool *ok = r->ok;
+    const double *tcp_bw = r->bw[PAIR_TCP], *shm_bw = r->bw[PAIR_SHM],
+                 *sock_bw = r->bw[PAIR_SOCKET];
+    char name[32];
+    int rtt4k = -1;
+    for (int i = 0; i < p->n_rtt; i++)
+        if (p->rtt_size[i] == 4096) rtt4k = i;
+    if (ok[PAIR_SHM] && ok[PAIR_TCP]) {
+        double worst = 1e30;
+        int at = -1;
+        for (int i = 0; i < p->n_bw; i++)
+            if (p->bw_size[i] >= (1u << 20) && shm_bw[i] / tcp_bw[i] < worst)
+                worst = shm_bw[i] / tcp_bw[i], at = i;
+        if (at >= 0)
+            printf("target shm >= 2x tcp bandwidth at 1 MiB and above: %s (lowest %.2fx, at %s)\n",
+                   worst >= 2 ? "met" : "MISSED", worst,
+                   size_name(p->bw_size[at], name, sizeof name));
+    }
+    if (ok[PAIR_SHM] && rtt4k >= 0)
+        printf("target shm 4 KiB round trip < 10 us: %s (%.1f us)\n",
+               r->rtt[PAIR_SHM][rtt4k] < 10 ? "met" : "MISSED", r->rtt[PAIR_SHM][rtt4k]);
+    if (ok[PAIR_TCP] && ok[PAIR_SOCKET]) {
+        double worst = 1e30;
+        int at = 0;
+        for (int i = 0; i < p->n_bw; i++)
+            if (tcp_bw[i] / sock_bw[i] < worst) worst = tcp_bw[i] / sock_bw[i], at = i;
+        if (p->n_bw > 0)
+            printf("target tcp >= 90%% of socket bandwidth: %s (lowest %.0f%%, at %s)\n",
+                   worst >= 0.9 ? "met" : "MISSED", 100 * worst,
+                   size_name(p->bw_size[at], name, sizeof name));
+        if (rtt4k >= 0) {
+            double q = r->rtt[PAIR_TCP][rtt4k] / r->rtt[PAIR_SOCKET][rtt4k];
+            printf("target tcp 4 KiB round trip within 1.5x of socket: %s (%.2fx)\n",
+                   q <= 1.5 ? "met" : "MISSED", q);
+        }
+    }
+}
+
+/* ---- the command ---------------------------------------------------------------------- */
+
+static void net_usage(FILE *f) {
+    fprintf(
+        f,
+        "usage: petrel bench net [options]\n"
+        "\n"
+        "Two processes on 127.0.0.1 exchange messages over petrel's TCP transport, its\n"
+        "shared-memory transport (PETREL_TRANSPORT_AUTO on one host), and a plain blocking\n"
+        "TCP socket (TCP_NODELAY); memcpy on one thread is the ceiling. The pairs take\n"
+        "turns, round after round. Prints one line per case, round-trip latency and\n"
+        "streaming bandwidth (GB = 1e9 bytes), each the median over the rounds, with the\n"
+        "ratios, then whether the targets of docs/bench.md are met. Takes 15 to 30 s\n"
+        "(--quick: a few seconds).\n"
+        "\n"
+        "options (default in brackets):\n"
+        "  --quick        one round; rtt 64 B and 4 KiB, 2000 round trips after 200; bw 64 KiB,\n"
+        "                 1 MiB and 16 MiB, 128 MiB (at least 4 messages) per run [3 rounds;\n"
+        "                 rtt 64 B and 4 KiB, 5000 round trips after 500; bw 64 KiB, 1, 4,\n"
+        "                 16 and 64 MiB, 512 MiB (at least 8 messages) per run]\n"
+        "  --only NAME    run only the tcp, shm or socket pair (with memcpy), e.g. under\n"
+        "                 perf record -g [all three]\n"
+        "  -h, --help     show this help\n");
+}
+
+int bench_net(int argc, char **argv) {
+    enum { OPT_QUICK = 256, OPT_ONLY };
+    static const struct option longopts[] = {{"quick", no_argument, 0, OPT_QUICK},
+                                             {"only", required_argument, 0, OPT_ONLY},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
+    bool quick = false;
+    int only = -1, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_QUICK:
+            quick = true;
+            break;
+        case OPT_ONLY:
+            for (int k = 0; k < PAIR_COUNT; k++)
+                if (strcmp(optarg, pair_name[k]) == 0) only = k;
+            if (only < 0)
+                return cli_usage_error("bench net ", "--only wants tcp, shm or socket, got '%s'",
+                                       optarg);
+            break;
+        case 'h':
+            net_usage(stdout);
+            return CLI_OK;
+        default:
+            return cli_usage_error("bench net ", "bad option");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("bench net ", "unexpected argument '%s'", argv[optind]);
+
+    plan p = {.rtt_size = {64, 4096}, .n_rtt = 2, .call_ms = 20000};
+    if (quick) {
+        size_t bw[] = {64u << 10, 1u << 20, 16u << 20};
+        memcpy(p.bw_size, bw, sizeof bw);
+        p.n_bw = 3;
+        p.rtt_warmup = 200;
+        p.rtt_iters = 2000;
+        p.bw_bytes = 128u << 20;
+        p.bw_min_msgs = 4;
+        p.rounds = 1;
+        p.copy_bytes = 128u << 20;
+        p.pair_s = 30;
+    } else {
+        size_t bw[] = {64u << 10, 1u << 20, 4u << 20, 16u << 20, 64u << 20};
+        memcpy(p.bw_size, bw, sizeof bw);
+        p.n_bw = 5;
+        p.rtt_warmup = 500;
+        p.rtt_iters = 5000;
+        p.bw_bytes = 512u << 20;
+        p.bw_min_msgs = 8;
+        p.rounds = 3;
+        p.copy_bytes = 256u << 20;
+        p.pair_s = 40;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    results *r = mmap(NULL, sizeof *r, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED)
+        return cli_fail(PETREL_ERR_NOMEM, "bench net", "cannot map the shared results page");
+    memset(r, 0, sizeof *r);
+    for (int k = 0; k < PAIR_COUNT; k++) r->ran[k] = r->ok[k] = only < 0 || k == only;
+
+    double t0 = now_s();
+    printf("petrel bench net: 2 processes on 127.0.0.1; tcp, shm: petrel nodes (send/recv, "
+           "frames of 1 MiB); socket: a plain TCP socket pair; memcpy: one thread%s\n",
+           quick ? " (--quick)" : "");
+    fflush(stdout);
+    for (int n = 0; n < p.rounds; n++) {
+        for (int k = 0; k < PAIR_COUNT; k++) {
+            if (!r->ok[k]) continue; /* not asked for, or failed in an earlier round */
+            memset(r->side[k], 0, sizeof r->side[k]);
+            if (!run_pair((pair_kind)k, &p, r->side[k])) {
+                r->ok[k] = false;
+                for (int s = 0; s < 2; s++)
+                    if (r->side[k][s].error[0])
+                        fprintf(stderr, "petrel: error: bench net: %s, %s %d: %s\n", pair_name[k],
+                                k == PAIR_SOCKET ? "side" : "rank", s, r->side[k][s].error);
+                continue;
+            }
+            memcpy(r->rtt_us[k][n], r->side[k][0].rtt_us, sizeof r->rtt_us[k][n]);
+            memcpy(r->bw_gbs[k][n], r->side[k][0].bw_gbs, sizeof r->bw_gbs[k][n]);
+        }
+        measure_memcpy(&p, r->bw_gbs[PAIR_COUNT][n], &r->dram_gbs[n]);
+    }
+    summarize(&p, r);
+    print_results(&p, r);
+    print_targets(&p, r);
+    printf("rtt: median of %d round trips after %d; bw: %zu MiB (at least %d messages) per "
+           "run; 1 GB = 1e9 bytes; memcpy: one buffer of the message's size into another, over "
+           "and over (through %zu MiB: %.1f GB/s); median of %d round%s; %.0f s in all\n",
+           p.rtt_iters, p.rtt_warmup, p.bw_bytes >> 20, p.bw_min_msgs, p.copy_bytes >> 20, r->dram,
+           p.rounds, p.rounds > 1 ? "s" : "", now_s() - t0);
+    bool all = true;
+    for (int k = 0; k < PAIR_COUNT; k++) all = all && (r->ok[k] || !r->ran[k]);
+    munmap(r, sizeof *r);
+    if (!all) {
+        fprintf(stderr, "hint: PETREL_LOG=debug petrel bench net --quick shows what the nodes "
+                        "did\n");
+        return CLI_FAIL;
+    }
+    return CLI_OK;
+}

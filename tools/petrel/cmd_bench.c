@@ -1,0 +1,34 @@
+/* petrel bench: runs one benchmark (bench_<subject>.c) by name. */
+#include "bench.h"
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void bench_usage(FILE *f) {
+    fprintf(f, "usage: petrel bench <subject> [options]\n"
+               "\n"
+               "Measures a part of petrel against what it is built on and prints one line per\n"
+               "case. 'petrel bench <subject> --help' lists the subject's options.\n"
+               "\n"
+               "subjects:\n"
+               "  net        TCP and shared-memory transports between two processes, against a\n"
+               "             plain TCP socket and memcpy: round trips and streaming bandwidth\n"
+               "\n"
+               "options:\n"
+               "  -h, --help     show this help\n");
+}
+
+int cmd_bench(int argc, char **argv) {
+    if (argc < 2) {
+        bench_usage(stderr);
+        return CLI_USAGE;
+    }
+    const char *sub = argv[1];
+    if (strcmp(sub, "-h") == 0 || strcmp(sub, "--help") == 0 || strcmp(sub, "help") == 0) {
+        bench_usage(stdout);
+        return CLI_OK;
+    }
+    if (strcmp(sub, "net") == 0) return bench_net(argc - 1, argv + 1);
+    return cli_usage_error("bench ", "unknown benchmark '%s'", sub);
+}
