@@ -74,7 +74,7 @@ petrel_err petreli_send_message(petrel_net *net, int dst, uint8_t type, uint32_t
                              .tag = tag,
                              .msg_len = (uint32_t)total};
     if (dst == net->rank) { /* to ourselves: a copy, delivered in this thread */
-        unsigned char *buf = petrel_malloc(total ? total : 1);
+        unsigned char *buf = petreli_msgbuf_get(total);
         if (!buf) return PETREL_ERR_NOMEM;
         size_t off = 0;
         for (int i = 0; i < iovcnt; i++) {
@@ -272,7 +272,7 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
     atomic_fetch_add(&net->messages_received, 1);
     if (h->type < PETREL_MSG_USER) {
         protocol(net, src, h, buf, len);
-        petrel_free(buf);
+        petreli_msgbuf_put(buf);
         return;
     }
     petrel_msg m = {.src = src,
@@ -294,7 +294,7 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
                 break;
             }
         pthread_mutex_unlock(&net->mu);
-        petrel_free(buf); /* a reply nobody waits for any more (it timed out) */
+        petreli_msgbuf_put(buf); /* a reply nobody waits for any more (it timed out) */
         return;
     }
     if (h->flags & PETRELI_FLAG_RPC_REQ) m.rpc = h->tag;
@@ -318,14 +318,14 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
         if (!q) {
             PETREL_LOG_ERROR("net", "out of memory: dropped a message of type %u from rank %d",
                              h->type, src);
-            petrel_free(buf);
+            petreli_msgbuf_put(buf);
         }
         return;
     }
     pthread_mutex_unlock(&net->mu);
     m.owned = NULL; /* borrowed by the handler */
     fn(ctx, net, &m);
-    petrel_free(buf);
+    petreli_msgbuf_put(buf);
 }
 
 void *petreli_ev_frame_begin(void *ctx, int src, const petreli_wire_header *h) {
@@ -335,7 +335,7 @@ void *petreli_ev_frame_begin(void *ctx, int src, const petreli_wire_header *h) {
     reasm *r = &net->peers[src].rx[v->index];
     if (!r->buf) {
         if (h->type < PETREL_MSG_USER && h->msg_len > CONTROL_MAX) return NULL;
-        r->buf = petrel_malloc(h->msg_len ? h->msg_len : 1);
+        r->buf = petreli_msgbuf_get(h->msg_len);
         if (!r->buf) return NULL;
         r->got = 0;
         r->first = *h;
@@ -363,7 +363,7 @@ void petreli_ev_frame_done(void *ctx, int src, const petreli_wire_header *h, voi
     r->buf = NULL;
     r->got = 0;
     if (got != first.msg_len) {
-        petrel_free(buf);
+        petreli_msgbuf_put(buf);
         atomic_fetch_add(&net->rejected, 1);
         char why[96];
         snprintf(why, sizeof why, "protocol error: a message of %u bytes ended after %zu",
@@ -383,7 +383,7 @@ void petreli_ev_link_lost(void *ctx, int src, const char *why) {
     if (src < 0 || src >= net->size) return;
     peer_state *pe = &net->peers[src];
     reasm *r = &pe->rx[v->index];
-    petrel_free(r->buf);
+    petreli_msgbuf_put(r->buf);
     r->buf = NULL;
     if (v->index == VIA_SHM) {
         /* Shared memory does not decide liveness: a peer that stops closes its
@@ -419,7 +419,7 @@ petrel_err petrel_net_on(petrel_net *net, uint8_t type, petrel_msg_handler handl
 
 void petrel_msg_release(petrel_msg *m) {
     if (!m) return;
-    petrel_free(m->owned);
+    petreli_msgbuf_put(m->owned);
     memset(m, 0, sizeof *m);
 }
 

@@ -142,6 +142,17 @@ extern const petreli_transport_ops petreli_transport_inproc;
 PETREL_NODISCARD petrel_err petreli_shm_send_raw(void *t, int peer, const void *bytes, size_t len,
                                                  uint64_t deadline_ns);
 
+/* ---- message buffers (msgbuf.c) ---------------------------------------------- */
+
+/* A buffer for a len-byte message, reusing one a released message left (64-byte
+ * aligned). NULL with an error recorded when memory runs out. */
+void *petreli_msgbuf_get(size_t len);
+/* Gives a buffer from petreli_msgbuf_get back (to the cache, or to the system).
+ * Accepts NULL. */
+void petreli_msgbuf_put(void *buf);
+/* Counts running nodes; the cache empties when the count returns to 0. */
+void petreli_msgbuf_users(int delta);
+
 /* ---- helpers shared by transports ------------------------------------------- */
 
 /* HMAC-SHA-256 (RFC 2104 over FIPS 180-4) of msg under key. */

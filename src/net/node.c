@@ -490,6 +490,7 @@ petrel_err petrel_net_start(petrel_net **out, const petrel_net_config *cfg) {
         atomic_store(&net->peers[r].last_seen_ns, now);
     }
     petrel_log_set_node(net->rank, net->size);
+    petreli_msgbuf_users(+1); /* petrel_net_stop, also on the failure path, gives it back */
     if (net->size == 1) {
         *out = net;
         return PETREL_OK;
@@ -565,12 +566,12 @@ void petrel_net_stop(petrel_net *net) {
     if (net->primary.ops) net->primary.ops->close(net->primary.t);
     for (queued *q = net->mail_head; q;) {
         queued *next = q->next;
-        petrel_free(q->m.owned);
+        petreli_msgbuf_put(q->m.owned);
         petrel_free(q);
         q = next;
     }
     for (int r = 0; net->peers && r < net->size; r++) {
-        for (int v = 0; v < VIA_COUNT; v++) petrel_free(net->peers[r].rx[v].buf);
+        for (int v = 0; v < VIA_COUNT; v++) petreli_msgbuf_put(net->peers[r].rx[v].buf);
         pthread_mutex_destroy(&net->peers[r].send_mu);
     }
     pthread_mutex_destroy(&net->mu);
@@ -578,6 +579,7 @@ void petrel_net_stop(petrel_net *net) {
     petrel_free(net->peers);
     petrel_free(net->table);
     petrel_free(net);
+    petreli_msgbuf_users(-1);
 }
 
 /* ---- accessors -------------------------------------------------------------------- */
