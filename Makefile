@@ -24,17 +24,17 @@ run: deps build
 test: deps build
 	@scripts/run-tests.sh $(BUILD)
 
-# The unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The unit and network tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPETREL_SANITIZE=address,undefined
 	cmake --build build-asan -j$(JOBS)
-	@scripts/run-tests.sh build-asan -L unit
+	@scripts/run-tests.sh build-asan -L "unit|net"
 
-# The unit tests under ThreadSanitizer.
+# The unit and network tests under ThreadSanitizer.
 test-tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPETREL_SANITIZE=thread
 	cmake --build build-tsan -j$(JOBS)
-	@scripts/run-tests.sh build-tsan -L unit
+	@scripts/run-tests.sh build-tsan -L "unit|net"
 
 bench: deps build
 	@scripts/deps.sh --bench

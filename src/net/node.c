@@ -276,6 +276,8 @@ static petrel_err open_transports(petrel_net *net, const char *host, int port, i
     }
     PETREL_LOG_INFO("net", "rank %d (%s) listening at %s", net->rank,
                     petreli_node_role(net, net->rank), me->tcp);
+    /* Before any other transport thread exists, which may switch links later. */
+    for (int r = 0; r < net->size; r++) net->peers[r].send_link = net->primary;
     petreli_host_identity(me->host, sizeof me->host);
     if (net->cfg.transport == PETREL_TRANSPORT_AUTO && net->size > 1) {
         ev.ctx = &net->via[VIA_SHM];
@@ -496,7 +498,6 @@ petrel_err petrel_net_start(petrel_net **out, const petrel_net_config *cfg) {
         return PETREL_OK;
     }
     if ((err = open_transports(net, host, port, fd)) != PETREL_OK) goto fail;
-    for (int r = 0; r < net->size; r++) net->peers[r].send_link = net->primary;
     uint64_t deadline = petreli_deadline_after((int)cfg->connect_timeout_ms);
     if (net->rank != 0 && (err = rendezvous_node(net, cfg, deadline)) != PETREL_OK) goto fail;
     if (net->rank == 0) {
@@ -517,8 +518,12 @@ petrel_err petrel_net_start(petrel_net **out, const petrel_net_config *cfg) {
     }
     if (net->shm.ops && net->shm.ops->seal) net->shm.ops->seal(net->shm.t);
     for (int p = 0; p < net->size; p++)
-        if (p != net->rank && net->shm.ops && net->shm.ops->connected(net->shm.t, p))
+        if (p != net->rank && net->shm.ops && net->shm.ops->connected(net->shm.t, p)) {
+            /* Under the send lock: the shm thread may already be falling back to TCP. */
+            pthread_mutex_lock(&net->peers[p].send_mu);
             net->peers[p].send_link = net->shm;
+            pthread_mutex_unlock(&net->peers[p].send_mu);
+        }
     now = petrel_now_ns();
     for (int r = 0; r < net->size; r++) atomic_store(&net->peers[r].last_seen_ns, now);
     if (pthread_create(&net->monitor, NULL, monitor_main, net) != 0) {
@@ -602,8 +607,12 @@ petrel_role petrel_net_role(const petrel_net *net) {
 
 const char *petrel_net_link(const petrel_net *net, int peer) {
     if (peer == net->rank) return "self";
-    if (peer < 0 || peer >= net->size || !net->peers[peer].send_link.ops) return "none";
-    return net->peers[peer].send_link.ops->name;
+    if (peer < 0 || peer >= net->size) return "none";
+    peer_state *pe = &net->peers[peer];
+    pthread_mutex_lock(&pe->send_mu); /* a receive thread may switch the link */
+    const char *name = pe->send_link.ops ? pe->send_link.ops->name : "none";
+    pthread_mutex_unlock(&pe->send_mu);
+    return name;
 }
 
 void petrel_net_on_failure(petrel_net *net, petrel_peer_failure_fn fn, void *ctx) {

@@ -83,7 +83,7 @@ for r in 0 1 2 3; do
     if [[ $rc -eq 0 ]] && grep -q "rank $r ok" "$tmp/out.$r"; then
         ok "rank $r in $p-h${host_of[$r]} (10.77.0.$((${host_of[$r]} + 1)))"
     else
-        fail "rank $r" "exit $rc: $(tail -c 800 "$tmp/err.$r") $(tail -c 300 "$tmp/out.$r")"
+        fail "rank $r" "exit $rc: $(tail -c 4000 "$tmp/err.$r") $(tail -c 300 "$tmp/out.$r")"
     fi
 done
 pids=()
