@@ -45,16 +45,6 @@ static void die(const char *what, petrel_err err) {
     exit(1);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* ---- FP32 peak ------------------------------------------------------------------ */
 
 #if defined(__x86_64__)
@@ -200,7 +190,7 @@ static double petrel_step_sps(trainer *t, const petrel_dataset *d) {
         run_steps(t, d, TIMED_STEPS, &at);
         sps[r] = (double)(TIMED_STEPS * BATCH) / (petrel_now_s() - t0);
     }
-    return median(sps, REPEATS);
+    return petrel_median(sps, REPEATS);
 }
 
 /* Full shuffled epochs as petrel_train runs them (the batcher permutes and gathers),
@@ -228,7 +218,7 @@ static double petrel_epoch_sps(trainer *t, const petrel_dataset *d) {
     petrel_free(x);
     petrel_free(y);
     petrel_batcher_free(it);
-    return median(sps, EPOCHS);
+    return petrel_median(sps, EPOCHS);
 }
 
 /* ---- PyTorch ------------------------------------------------------------------ */

@@ -188,6 +188,9 @@ void petrel_rng_shuffle_u32(petrel_rng *rng, uint32_t *v, size_t n);
 uint64_t petrel_now_ns(void);
 double petrel_now_s(void);
 
+/* The median of n > 0 values; sorts v in place. For benchmarks and metrics. */
+double petrel_median(double *v, int n);
+
 /* Peak resident set size of this process in MiB (from getrusage). */
 double petrel_peak_rss_mb(void);
 

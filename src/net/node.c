@@ -325,16 +325,22 @@ static void connect_shm(petrel_net *net, uint64_t deadline) {
     }
 }
 
-static petrel_err rendezvous_coordinator(petrel_net *net, uint64_t deadline) {
-    char list[256];
+/* Rank 0: waits until *count (under mu) reaches size - 1, a node dies, or the
+ * deadline passes; true in the first case. */
+static bool wait_for_all(petrel_net *net, const int *count, uint64_t deadline) {
     int dead;
     pthread_mutex_lock(&net->mu);
-    while (net->registered < net->size - 1 && !petreli_any_dead(net, &dead) &&
+    while (*count < net->size - 1 && !petreli_any_dead(net, &dead) &&
            petreli_wait_until(net, deadline)) {
     }
-    bool all = net->registered == net->size - 1;
+    bool all = *count == net->size - 1;
     pthread_mutex_unlock(&net->mu);
-    if (!all) {
+    return all;
+}
+
+static petrel_err rendezvous_coordinator(petrel_net *net, uint64_t deadline) {
+    char list[256];
+    if (!wait_for_all(net, &net->registered, deadline)) {
         missing_ranks(net, is_registered, list, sizeof list);
         return petrel_error_set(PETREL_ERR_TIMEOUT,
                                 "the job did not form within %u ms: ranks %s never registered "
@@ -355,13 +361,7 @@ static petrel_err rendezvous_coordinator(petrel_net *net, uint64_t deadline) {
         err = petreli_send_control(net, r, PETRELI_MSG_TABLE, 0, table, len, CONTROL_SEND_MS);
     petrel_free(table);
     if (err != PETREL_OK) return err;
-    pthread_mutex_lock(&net->mu);
-    while (net->ready_count < net->size - 1 && !petreli_any_dead(net, &dead) &&
-           petreli_wait_until(net, deadline)) {
-    }
-    all = net->ready_count == net->size - 1;
-    pthread_mutex_unlock(&net->mu);
-    if (!all) {
+    if (!wait_for_all(net, &net->ready_count, deadline)) {
         missing_ranks(net, is_ready, list, sizeof list);
         return petrel_error_set(PETREL_ERR_TIMEOUT,
                                 "the job did not form within %u ms: ranks %s did not connect "

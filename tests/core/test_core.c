@@ -606,9 +606,18 @@ static void test_threads(void) {
     CHECK(never == NULL);
 }
 
+static void test_median(void) {
+    double odd[5] = {9, 1, 5, 3, 7}, even[4] = {4, -1, 10, 2}, one[1] = {42};
+    CHECK(petrel_median(odd, 5) == 5.0);
+    CHECK(petrel_median(even, 4) == 3.0); /* (2 + 4) / 2 */
+    CHECK(petrel_median(one, 1) == 42.0);
+    CHECK(odd[0] == 1 && odd[4] == 9); /* sorted in place */
+}
+
 int main(void) {
     seed = check_seed(seed);
     RUN(test_log_level_from_env); /* first: the level is cached on first use */
+    RUN(test_median);
     RUN(test_log_set_get);
     RUN(test_strerror);
     RUN(test_error_set_get);

@@ -103,16 +103,6 @@ static double now_s(void) {
     return (double)petrel_now_ns() * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static const char *size_name(size_t bytes, char *buf, size_t len) {
     if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
         snprintf(buf, len, "%zu MiB", bytes >> 20);
@@ -212,7 +202,7 @@ static bool measure(endpoint *e, const plan *p, const unsigned char *buf) {
             ok = e->send(e, MSG_PING, buf, len) && e->recv(e, MSG_PING, len);
             if (k >= p->rtt_warmup) t[k - p->rtt_warmup] = now_s() - t0;
         }
-        if (ok) e->res->rtt_us[i] = median(t, p->rtt_iters) * 1e6;
+        if (ok) e->res->rtt_us[i] = petrel_median(t, p->rtt_iters) * 1e6;
     }
     for (int i = 0; ok && i < p->n_bw; i++) {
         size_t len = p->bw_size[i], k = bw_msgs(p, len);
@@ -465,15 +455,15 @@ static void summarize(const plan *p, results *r) {
         if (k < PAIR_COUNT && !r->ok[k]) continue;
         for (int i = 0; k < PAIR_COUNT && i < p->n_rtt; i++) {
             for (int n = 0; n < p->rounds; n++) v[n] = r->rtt_us[k][n][i];
-            r->rtt[k][i] = median(v, p->rounds);
+            r->rtt[k][i] = petrel_median(v, p->rounds);
         }
         for (int i = 0; i < p->n_bw; i++) {
             for (int n = 0; n < p->rounds; n++) v[n] = r->bw_gbs[k][n][i];
-            r->bw[k][i] = median(v, p->rounds);
+            r->bw[k][i] = petrel_median(v, p->rounds);
         }
     }
     for (int n = 0; n < p->rounds; n++) v[n] = r->dram_gbs[n];
-    r->dram = median(v, p->rounds);
+    r->dram = petrel_median(v, p->rounds);
 }
 
 /* ---- output ----------------------------------------------------------------------------- */
