@@ -156,6 +156,24 @@ PETREL_NODISCARD petrel_err petrel_graph_sparse_grad(const petrel_graph *g,
                                                      const petrel_tensor *table,
                                                      petrel_sparse_grad *out);
 
+/* Called during petrel_backward, once per leaf that needs a gradient (a
+ * parameter), as soon as that gradient is complete: after the backward of the
+ * earliest node on the tape that reads it. Lets a data-parallel trainer start
+ * reducing a layer's gradients while the backward of earlier layers still runs. */
+typedef void (*petrel_grad_ready_fn)(void *ctx, const petrel_tensor *param);
+
+/* Sets (fn NULL: clears) the hook for the backward passes of g. */
+void petrel_graph_on_grad_ready(petrel_graph *g, petrel_grad_ready_fn fn, void *ctx);
+
+/* After backward: the sufficient factors of the first linear op that reads w, its
+ * input x (B, IN) and the gradient of its output dy (B, OUT), whose product
+ * dy^T x is w's gradient (Poseidon's sufficient factor broadcasting). Borrowed from
+ * the graph until its next reset. PETREL_ERR_NOT_FOUND when no linear op reads w. */
+PETREL_NODISCARD petrel_err petrel_graph_linear_factors(const petrel_graph *g,
+                                                        const petrel_tensor *w,
+                                                        const petrel_tensor **x,
+                                                        const petrel_tensor **dy);
+
 /* The name of an op kind ("linear"). */
 const char *petrel_op_name(petrel_op op);
 

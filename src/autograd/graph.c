@@ -20,6 +20,8 @@ struct petrel_graph {
     petrel_node **tape;
     size_t count, capacity;
     petrel_err error;
+    petrel_grad_ready_fn grad_ready;
+    void *grad_ready_ctx;
 };
 
 static const petrel_op_def *const op_defs[PETREL_OP_COUNT] = {
@@ -208,6 +210,49 @@ static bool ensure_shared_table_grads(petrel_graph *g) {
     return true;
 }
 
+/* For each node, a bit per input that is a leaf needing a gradient and read here
+ * for the first time on the tape: the reverse walk completes that leaf's gradient
+ * with this node's backward. Arena memory; NULL when out of it. */
+static uint8_t *mark_first_uses(petrel_graph *g) {
+    uint8_t *mask = petrel_arena_calloc(&g->arena, g->count ? g->count : 1);
+    const petrel_tensor **seen =
+        petrel_arena_alloc(&g->arena, (g->count * PETREL_NODE_MAX_SRC + 1) * sizeof *seen);
+    if (!mask || !seen) return NULL;
+    size_t nseen = 0;
+    for (size_t i = 0; i < g->count; i++) {
+        const petrel_node *n = g->tape[i];
+        for (int s = 0; s < n->nsrc; s++) {
+            const petrel_tensor *t = n->src[s];
+            if (t->node || !t->requires_grad || (s == 0 && op_defs[n->op]->sparse_src0 && !t->grad))
+                continue;
+            size_t j = 0;
+            while (j < nseen && seen[j] != t) j++;
+            if (j < nseen) continue;
+            seen[nseen++] = t;
+            mask[i] |= (uint8_t)(1u << s);
+        }
+    }
+    return mask;
+}
+
+void petrel_graph_on_grad_ready(petrel_graph *g, petrel_grad_ready_fn fn, void *ctx) {
+    g->grad_ready = fn;
+    g->grad_ready_ctx = ctx;
+}
+
+petrel_err petrel_graph_linear_factors(const petrel_graph *g, const petrel_tensor *w,
+                                       const petrel_tensor **x, const petrel_tensor **dy) {
+    for (size_t i = 0; i < g->count; i++) {
+        const petrel_node *n = g->tape[i];
+        if (n->op != PETREL_OP_LINEAR || n->src[1] != w) continue;
+        if (!n->out->grad) break;
+        *x = n->src[0];
+        *dy = n->out->grad;
+        return PETREL_OK;
+    }
+    return petrel_error_set(PETREL_ERR_NOT_FOUND, "no linear op with this weight has a gradient");
+}
+
 petrel_err petrel_backward(petrel_graph *g, petrel_tensor *loss) {
     if (g->error != PETREL_OK)
         return petrel_error_set(g->error, "backward on a graph whose forward failed");
@@ -226,6 +271,11 @@ petrel_err petrel_backward(petrel_graph *g, petrel_tensor *loss) {
         return petrel_error_set(PETREL_ERR_NOMEM, "backward: out of memory for gradients");
     }
     loss->grad->data[0] += 1.0f;
+    uint8_t *first_use = NULL;
+    if (g->grad_ready && !(first_use = mark_first_uses(g))) {
+        g->error = PETREL_ERR_NOMEM;
+        return petrel_error_set(PETREL_ERR_NOMEM, "backward: out of memory");
+    }
     const petrel_kernels *k = petrel_kernels_current();
     for (size_t i = g->count; i-- > 0;) {
         petrel_node *n = g->tape[i];
@@ -238,6 +288,9 @@ petrel_err petrel_backward(petrel_graph *g, petrel_tensor *loss) {
             }
         }
         op_defs[n->op]->backward(n, k);
+        if (first_use)
+            for (int s = 0; s < n->nsrc; s++)
+                if (first_use[i] & (1u << s)) g->grad_ready(g->grad_ready_ctx, n->src[s]);
     }
     return PETREL_OK;
 }

@@ -661,6 +661,73 @@ static void test_embedding_sparse_grad(void) {
     petrel_graph_free(g);
 }
 
+/* ---- gradient-ready hook and sufficient factors ---------------------------------- */
+
+typedef struct ready_log {
+    const petrel_tensor *order[8];
+    float snapshot[8]; /* the first gradient element when reported */
+    int count;
+} ready_log;
+
+static void on_ready(void *ctx, const petrel_tensor *param) {
+    ready_log *log = ctx;
+    if (log->count < 8) {
+        log->snapshot[log->count] = param->grad->data[0];
+        log->order[log->count++] = param;
+    }
+}
+
+static void test_grad_ready_hook(void) {
+    petrel_params *p;
+    petrel_linear fc1, fc2;
+    CHECK_OK(petrel_params_new(&p));
+    CHECK_OK(petrel_linear_init(&fc1, p, "fc1", 6, 5));
+    CHECK_OK(petrel_linear_init(&fc2, p, "fc2", 5, 3));
+    CHECK_OK(petrel_params_finalize(p));
+    petrel_linear_reset(&fc1, &rng);
+    petrel_linear_reset(&fc2, &rng);
+    petrel_init_uniform(fc1.b, -0.5f, 0.5f, &rng);
+    petrel_graph *g;
+    CHECK_OK(petrel_graph_new(&g, 0));
+    ready_log log = {0};
+    petrel_graph_on_grad_ready(g, on_ready, &log);
+    float x[4 * 6];
+    for (int i = 0; i < 24; i++) x[i] = petrel_rng_uniform(&rng) - 0.5f;
+    int32_t y[4] = {0, 1, 2, 1};
+    /* fc1's weight is read twice (a shared weight): reported once, after its earliest use */
+    petrel_tensor *xt = petrel_graph_input(g, x, 2, (int64_t[]){4, 6});
+    petrel_tensor *h = petrel_op_relu(g, petrel_linear_forward(g, &fc1, xt));
+    petrel_tensor *h2 = petrel_op_add(g, h, petrel_op_linear(g, xt, fc1.w, NULL));
+    petrel_tensor *loss = petrel_op_softmax_xent(g, petrel_linear_forward(g, &fc2, h2), y);
+    petrel_params_zero_grad(p);
+    CHECK_OK(petrel_backward(g, loss));
+    CHECK(log.count == 4);
+    /* fc2 completes first (reverse order), then fc1's bias and weight */
+    CHECK(log.order[0] == fc2.w || log.order[0] == fc2.b);
+    CHECK(log.order[1] == fc2.w || log.order[1] == fc2.b);
+    CHECK(log.order[2] == fc1.w || log.order[2] == fc1.b);
+    CHECK(log.order[3] == fc1.w || log.order[3] == fc1.b);
+    /* a reported gradient is final: it did not change after the report */
+    for (int i = 0; i < log.count; i++) CHECK(log.snapshot[i] == log.order[i]->grad->data[0]);
+
+    /* The factors of fc2: dy^T x is its weight gradient. */
+    const petrel_tensor *fx, *fdy;
+    CHECK_OK(petrel_graph_linear_factors(g, fc2.w, &fx, &fdy));
+    CHECK(fx->ne[0] == 4 && fx->ne[1] == 5 && fdy->ne[0] == 4 && fdy->ne[1] == 3);
+    float dw[15];
+    for (int o = 0; o < 3; o++)
+        for (int i = 0; i < 5; i++) {
+            double acc = 0;
+            for (int b = 0; b < 4; b++) acc += (double)fdy->data[b * 3 + o] * fx->data[b * 5 + i];
+            dw[o * 5 + i] = (float)acc;
+        }
+    CHECK_TENSOR_NEAR(fc2.w->grad->data, dw, 15, 1e-6, 1e-5);
+    CHECK_ERR(petrel_graph_linear_factors(g, fc1.b, &fx, &fdy), PETREL_ERR_NOT_FOUND);
+    petrel_graph_on_grad_ready(g, NULL, NULL);
+    petrel_graph_free(g);
+    petrel_params_free(p);
+}
+
 int main(void) {
     seed = check_seed(seed);
     petrel_rng_seed(&rng, seed);
@@ -681,6 +748,7 @@ int main(void) {
     RUN_SEEDED(test_dropout_statistics, seed);
     RUN(test_embedding_sparse_grad);
 
+    RUN(test_grad_ready_hook);
     CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }
