@@ -176,13 +176,13 @@ PETREL_NODISCARD petrel_err petreli_random_bytes(void *out, size_t n);
  * talk over loopback: the boot id and the network namespace. */
 void petreli_host_identity(char *out, size_t size);
 
-/* ---- TCP internals for tests (tcp.c) ------------------------------------------ */
+/* ---- TCP internals for tests (tcp_handshake.c) ------------------------------- */
 
 /* How long an accepted connection may take to complete its handshake before it is
  * closed (default 5000 ms). Process-wide; read when a connection is accepted. */
 void petreli_tcp_set_handshake_timeout_ms(uint32_t ms);
 
-/* The connector's side of the TCP handshake (the table at the top of tcp.c) on a
+/* The connector's side of the TCP handshake (the table at the top of tcp_handshake.c) on a
  * connected socket fd, as rank of a job of size, to the acceptor rank peer, with
  * token (NULL = ""), by deadline_ns. PETREL_ERR_INVALID when the peer fails
  * authentication, PETREL_ERR_STATE when the pair already has a link, PETREL_ERR_IO

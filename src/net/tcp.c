@@ -1,39 +1,10 @@
 /*
  * The TCP transport: one socket per pair of ranks, authenticated by the job token
  * before any frame, then a stream of frames (wire.c's 48-byte header + payload).
- *
- * Connect-time handshake. The connector (the rank the node core picks to dial)
- * speaks first; all integers are little-endian u32; nonces are 32 bytes from
- * getrandom; MAC = HMAC-SHA-256 keyed with the job token (NULL counts as "").
- *
- *   1. HELLO, connector -> acceptor, 52 bytes
- *      offset  width  field
- *      0       8      magic: the bytes "PTRLHELO"
- *      8       4      handshake version: 1
- *      12      4      connector's rank
- *      16      4      job size
- *      20      32     Nc, the connector's nonce
- *   2. REPLY, acceptor -> connector, 80 bytes
- *      0       8      magic: the bytes "PTRLHELO"
- *      8       4      handshake version: 1
- *      12      4      acceptor's rank
- *      16      32     Na, the acceptor's nonce
- *      48      32     MAC("acceptor" | Nc | Na | connector rank | acceptor rank | size)
- *   3. PROOF, connector -> acceptor, 32 bytes
- *      0       32     MAC("connector" | Na | Nc | connector rank | acceptor rank | size)
- *   4. ANSWER, acceptor -> connector, 8 bytes
- *      0       8      "PTRLOKAY": the acceptor registered the link, frames may follow;
- *                     "PTRLDUPL": refused, the pair already has a link
- *
- * The labels ("acceptor" is 8 bytes, "connector" 9, no terminator) keep one side's
- * MAC from being reflected as the other's; each side's fresh nonce keeps an old
- * MAC from being replayed. The acceptor checks that the pair has no link yet only
- * after the proof, so that a stranger who claims a linked rank is still told that
- * its token is wrong. The acceptor reads exactly 52 and then 32 bytes before
- * the connector is authenticated, so an unauthenticated peer costs at most one
- * small connection record, and it is closed after the handshake timeout (5 s). The
- * token proves membership in the job at connect time; it does not encrypt or sign
- * the frames that follow (an attacker on the path could still tamper with them).
+ * This file holds the transport itself: connections, receiving and sending frames,
+ * the I/O thread, connect, open and close. The token handshake that authenticates
+ * a connection, both sides, and its field table are in tcp_handshake.c; the
+ * objects the two files share, and the locks that guard them, are in tcp_impl.h.
  *
  * Threads. One I/O thread per transport runs epoll (level-triggered) over the
  * listening socket, an eventfd and every connection: it accepts, runs the
@@ -54,15 +25,8 @@
  * copied to the connection's `pending` buffer and written by the I/O thread (or the
  * next sender) when the socket drains, so a stream is never left with half a frame;
  * that costs at most one frame per connection.
- *
- * Locks, in the order they nest: io_mu (held by the I/O thread while it handles a
- * batch of events, so that disconnect() can wait until no payload is being read),
- * then mu (the link table, reference counts, the hand-over queue), then a
- * connection's smu (its `sending` flag, `pending` and EPOLLOUT arming).
- * A connection is freed when its last reference goes: the I/O thread holds one
- * while the connection is registered, each send in progress holds one.
  */
-#include "net_impl.h"
+#include "tcp_impl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -82,104 +46,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HS_MAGIC       "PTRLHELO"
-#define HS_OK          "PTRLOKAY"
-#define HS_DUPLICATE   "PTRLDUPL"
-#define HS_VERSION     1
-#define HELLO_BYTES    52
-#define REPLY_BYTES    80
-#define PROOF_BYTES    32
-#define OK_BYTES       8
-#define MAX_HANDSHAKES 128        /* connections allowed in the handshake at once */
-#define READ_BUDGET    (8 << 20)  /* bytes read from one connection per wakeup (fairness) */
-#define RBUF_BYTES     ((4 << 10) + 256) /* read-ahead: a header and a small payload */
-#define MAX_IOV        16         /* header + the caller's pieces */
-#define SOCKBUF_BYTES  0          /* SO_SNDBUF/SO_RCVBUF; 0 keeps the kernel's autotuning */
-#define FROM_LEN       (INET_ADDRSTRLEN + 8)
-
-static _Atomic uint32_t handshake_timeout_ms = 5000;
-
-void petreli_tcp_set_handshake_timeout_ms(uint32_t ms) {
-    atomic_store(&handshake_timeout_ms, ms);
-}
-
-typedef enum conn_state {
-    CONN_HELLO, /* accepted, reading HELLO */
-    CONN_PROOF, /* REPLY sent, reading PROOF */
-    CONN_UP,    /* authenticated: frames */
-} conn_state;
-
-typedef struct tcp_transport tcp_transport;
-
-typedef struct tcp_conn {
-    int fd;
-    int peer;                     /* rank; -1 until HELLO */
-    char from[FROM_LEN];          /* the peer's "ip:port", for messages */
-    struct tcp_conn *next, *prev; /* in hs_list or up_list (under io_mu), or the adopt queue */
-    int refs;                     /* under mu */
-    _Atomic bool closing;         /* disconnect(): drop it without on_link_lost */
-
-    /* handshake, I/O thread */
-    conn_state state;
-    uint64_t hs_deadline_ns;
-    unsigned char hs[HELLO_BYTES];
-    size_t hs_have;
-    unsigned char nc[32], na[32];
-
-    /* receive, I/O thread */
-    unsigned char *rbuf; /* RBUF_BYTES of read-ahead; rb_off..rb_len not yet consumed */
-    size_t rb_off, rb_len;
-    bool in_frame;
-    petreli_wire_header h;
-    unsigned char *payload;
-    size_t payload_have;
-
-    /* send */
-    pthread_mutex_t smu;
-    pthread_cond_t scv;
-    bool sending;           /* under smu: a thread owns the write side */
-    bool out_armed;         /* under smu: EPOLLOUT is registered */
-    unsigned char *pending; /* the unwritten rest of a frame; owned by whoever holds sending */
-    size_t pending_len, pending_off;
-} tcp_conn;
-
-struct tcp_transport {
-    int rank, size;
-    char *token;
-    size_t token_len;
-    petreli_wire_limits limits;
-    petreli_transport_events ev;
-    int listen_fd, epfd, wake_fd;
-    petrel_thread *io;
-    _Atomic bool stop;
-    _Atomic int closing_count; /* connections marked closing, not yet dropped */
-
-    pthread_mutex_t io_mu;
-    tcp_conn *hs_list, *hs_tail; /* under io_mu: handshakes in accept order */
-    tcp_conn *up_list;           /* under io_mu: authenticated connections */
-    int handshakes;              /* under io_mu */
-    uint64_t listen_rearm_ns;    /* under io_mu: accept paused (out of fds) until then */
-
-    pthread_mutex_t mu;
-    tcp_conn **links; /* [size]: the authenticated link to each rank */
-    tcp_conn *adopt;  /* connected by connect(), waiting for the I/O thread */
-};
+#define READ_BUDGET   (8 << 20) /* bytes read from one connection per wakeup (fairness) */
+#define MAX_IOV       16        /* header + the caller's pieces */
+#define SOCKBUF_BYTES 0         /* SO_SNDBUF/SO_RCVBUF; 0 keeps the kernel's autotuning */
 
 /* Which transport's I/O thread this thread is (NULL on other threads). */
-static _Thread_local tcp_transport *io_thread_of;
+static _Thread_local petreli_tcp_transport *io_thread_of;
 
 /* epoll data for the two sockets that are not connections */
 static char mark_listen, mark_wake;
 
 /* ---- small helpers ------------------------------------------------------------------ */
-
-static void put32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint32_t get32(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 /* Milliseconds from now until deadline, rounded up, for poll(); 0 when passed. */
 static int ms_until(uint64_t deadline_ns) {
@@ -196,7 +73,7 @@ static struct timespec mono_ts(uint64_t ns) {
 }
 
 /* Waits until fd has one of events or deadline passes: 0, ETIMEDOUT, or an errno. */
-static int wait_fd(int fd, short events, uint64_t deadline_ns) {
+int petreli_tcp_wait_fd(int fd, short events, uint64_t deadline_ns) {
     for (;;) {
         struct pollfd p = {.fd = fd, .events = events};
         int rc = poll(&p, 1, ms_until(deadline_ns));
@@ -233,14 +110,14 @@ static petrel_err parse_addr(const char *addr, struct sockaddr_in *out) {
     return PETREL_OK;
 }
 
-static void format_addr(const struct sockaddr_in *sa, char *out, size_t size) {
+void petreli_tcp_format_addr(const struct sockaddr_in *sa, char *out, size_t size) {
     char ip[INET_ADDRSTRLEN] = "?";
     inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
     snprintf(out, size, "%s:%u", ip, (unsigned)ntohs(sa->sin_port));
 }
 
 /* Options of every connection: no Nagle delay (frames are whole writes already). */
-static void tune_socket(int fd) {
+void petreli_tcp_tune_socket(int fd) {
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 #if SOCKBUF_BYTES > 0
@@ -250,25 +127,10 @@ static void tune_socket(int fd) {
 #endif
 }
 
-/* MAC(label | n1 | n2 | connector rank | acceptor rank | size), see the table above. */
-static void hs_mac(const void *token, size_t token_len, const char *label,
-                   const unsigned char n1[32], const unsigned char n2[32], uint32_t crank,
-                   uint32_t arank, uint32_t size, unsigned char out[32]) {
-    unsigned char m[9 + 32 + 32 + 12];
-    size_t len = strlen(label);
-    memcpy(m, label, len);
-    memcpy(m + len, n1, 32);
-    memcpy(m + len + 32, n2, 32);
-    put32(m + len + 64, crank);
-    put32(m + len + 68, arank);
-    put32(m + len + 72, size);
-    petreli_hmac_sha256(token, token_len, m, len + 76, out);
-}
-
 /* ---- connections --------------------------------------------------------------- */
 
-static tcp_conn *conn_new(int fd, int peer, conn_state state) {
-    tcp_conn *c = petrel_calloc(1, sizeof *c);
+petreli_tcp_conn *petreli_tcp_conn_new(int fd, int peer, petreli_tcp_conn_state state) {
+    petreli_tcp_conn *c = petrel_calloc(1, sizeof *c);
     if (!c) return NULL;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -285,7 +147,7 @@ static tcp_conn *conn_new(int fd, int peer, conn_state state) {
     c->peer = peer;
     c->state = state;
     c->refs = 1;
-    if (state == CONN_UP && !(c->rbuf = petrel_malloc(RBUF_BYTES))) {
+    if (state == PETRELI_TCP_CONN_UP && !(c->rbuf = petrel_malloc(PETRELI_TCP_RBUF_BYTES))) {
         pthread_mutex_destroy(&c->smu);
         pthread_cond_destroy(&c->scv);
         petrel_free(c);
@@ -294,7 +156,7 @@ static tcp_conn *conn_new(int fd, int peer, conn_state state) {
     return c;
 }
 
-static void conn_free(tcp_conn *c) {
+void petreli_tcp_conn_free(petreli_tcp_conn *c) {
     close(c->fd);
     petrel_free(c->rbuf);
     petrel_free(c->pending);
@@ -303,21 +165,21 @@ static void conn_free(tcp_conn *c) {
     petrel_free(c);
 }
 
-static void conn_unref(tcp_transport *t, tcp_conn *c) {
+void petreli_tcp_conn_unref(petreli_tcp_transport *t, petreli_tcp_conn *c) {
     pthread_mutex_lock(&t->mu);
     int left = --c->refs;
     pthread_mutex_unlock(&t->mu);
-    if (left == 0) conn_free(c);
+    if (left == 0) petreli_tcp_conn_free(c);
 }
 
-static void list_push(tcp_conn **head, tcp_conn *c) {
+void petreli_tcp_list_push(petreli_tcp_conn **head, petreli_tcp_conn *c) {
     c->prev = NULL;
     c->next = *head;
     if (*head) (*head)->prev = c;
     *head = c;
 }
 
-static void list_remove(tcp_conn **head, tcp_conn *c) {
+void petreli_tcp_list_remove(petreli_tcp_conn **head, petreli_tcp_conn *c) {
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -326,195 +188,19 @@ static void list_remove(tcp_conn **head, tcp_conn *c) {
     c->next = c->prev = NULL;
 }
 
-static void hs_list_remove(tcp_transport *t, tcp_conn *c) {
-    if (t->hs_tail == c) t->hs_tail = c->prev;
-    list_remove(&t->hs_list, c);
-    t->handshakes--;
-}
-
-static void wake(tcp_transport *t) {
+static void wake(petreli_tcp_transport *t) {
     uint64_t one = 1;
     ssize_t rc;
     do rc = write(t->wake_fd, &one, sizeof one);
     while (rc < 0 && errno == EINTR);
 }
 
-/* ---- the acceptor's handshake (I/O thread) -------------------------------------- */
-
-/* Closes a connection that has not been authenticated and tells the node. */
-static bool reject(tcp_transport *t, tcp_conn *c, const char *fmt, ...) PETREL_PRINTF(3, 4);
-static bool reject(tcp_transport *t, tcp_conn *c, const char *fmt, ...) {
-    char why[256], msg[320];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
-    va_end(ap);
-    snprintf(msg, sizeof msg, "connection from %s: %s", c->from, why);
-    PETREL_LOG_WARN("net", "tcp: refused %s", msg);
-    epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    hs_list_remove(t, c);
-    conn_unref(t, c);
-    if (t->ev.on_rejected) t->ev.on_rejected(t->ev.ctx, msg);
-    return false;
-}
-
-/* Writes a handshake message on a connection that has just been read from: it is
- * small and the socket's send buffer is empty, so anything short is a failure. */
-static bool hs_write(int fd, const void *buf, size_t len) {
-    ssize_t rc;
-    do rc = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (rc < 0 && errno == EINTR);
-    return rc == (ssize_t)len;
-}
-
-/* False when the connection was refused (and freed). */
-static bool accept_hello(tcp_transport *t, tcp_conn *c) {
-    const unsigned char *m = c->hs;
-    if (memcmp(m, HS_MAGIC, 8) != 0)
-        return reject(t, c, "not a petrel connection (bad handshake magic)");
-    uint32_t version = get32(m + 8), rank = get32(m + 12), size = get32(m + 16);
-    if (version != HS_VERSION)
-        return reject(t, c, "handshake version %u, this petrel speaks %u", version, HS_VERSION);
-    if (size != (uint32_t)t->size)
-        return reject(t, c, "job of %u nodes, this job has %d", size, t->size);
-    if (rank >= (uint32_t)t->size || rank == (uint32_t)t->rank)
-        return reject(t, c, "rank %u is not a peer of rank %d in a job of %d", rank, t->rank,
-                      t->size);
-    c->peer = (int)rank;
-    memcpy(c->nc, m + 20, 32);
-    unsigned char reply[REPLY_BYTES];
-    memcpy(reply, HS_MAGIC, 8);
-    put32(reply + 8, HS_VERSION);
-    put32(reply + 12, (uint32_t)t->rank);
-    if (petreli_random_bytes(c->na, 32) != PETREL_OK)
-        return reject(t, c, "no random nonce: %s", petrel_errmsg());
-    memcpy(reply + 16, c->na, 32);
-    hs_mac(t->token, t->token_len, "acceptor", c->nc, c->na, rank, (uint32_t)t->rank,
-           (uint32_t)t->size, reply + 48);
-    if (!hs_write(c->fd, reply, sizeof reply))
-        return reject(t, c, "cannot send the handshake reply: %s", strerror(errno));
-    c->state = CONN_PROOF;
-    c->hs_have = 0;
-    return true;
-}
-
-static bool accept_proof(tcp_transport *t, tcp_conn *c) {
-    unsigned char want[32];
-    hs_mac(t->token, t->token_len, "connector", c->na, c->nc, (uint32_t)c->peer, (uint32_t)t->rank,
-           (uint32_t)t->size, want);
-    if (!petreli_equal_ct(want, c->hs, 32))
-        return reject(t, c, "rank %d failed authentication (the job tokens differ)", c->peer);
-    if (!(c->rbuf = petrel_malloc(RBUF_BYTES))) return reject(t, c, "out of memory");
-    pthread_mutex_lock(&t->mu);
-    bool dup = t->links[c->peer] != NULL;
-    if (!dup) t->links[c->peer] = c;
-    pthread_mutex_unlock(&t->mu);
-    if (dup) {
-        /* The peer is authenticated: tell it why, so that it does not retry. */
-        (void)hs_write(c->fd, HS_DUPLICATE, OK_BYTES);
-        return reject(t, c, "rank %d already has a link (a second process with that rank?)",
-                      c->peer);
-    }
-    /* Registered before OK goes out: when connect() returns on the other side, both
-     * ends see the link. */
-    hs_list_remove(t, c);
-    list_push(&t->up_list, c);
-    c->state = CONN_UP;
-    if (!hs_write(c->fd, HS_OK, OK_BYTES)) {
-        /* Treated like any broken link below, on the next event. */
-        shutdown(c->fd, SHUT_RDWR);
-    }
-    PETREL_LOG_DEBUG("net", "tcp: rank %d connected from %s", c->peer, c->from);
-    return true;
-}
-
-/* Reads the fixed-size HELLO or PROOF, never more. */
-static bool handshake_read(tcp_transport *t, tcp_conn *c) {
-    size_t need = c->state == CONN_HELLO ? HELLO_BYTES : PROOF_BYTES;
-    while (c->hs_have < need) {
-        ssize_t r = recv(c->fd, c->hs + c->hs_have, need - c->hs_have, 0);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-            return reject(t, c, "read during the handshake: %s", strerror(errno));
-        }
-        if (r == 0)
-            return reject(t, c,
-                          c->state == CONN_HELLO
-                              ? "closed before a complete HELLO (%zu of %d bytes)"
-                              : "closed during the handshake after %zu of %d bytes of its proof "
-                                "(it may have refused our token)",
-                          c->hs_have, (int)need);
-        c->hs_have += (size_t)r;
-    }
-    return c->state == CONN_HELLO ? accept_hello(t, c) : accept_proof(t, c);
-}
-
-static void accept_all(tcp_transport *t) {
-    for (;;) {
-        struct sockaddr_in sa;
-        socklen_t len = sizeof sa;
-        int fd = accept4(t->listen_fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-            /* Out of file descriptors (or memory): stop accepting for a moment rather
-             * than spin on a listening socket that stays readable. */
-            PETREL_LOG_WARN("net", "tcp: accept: %s; pausing for 100 ms", strerror(errno));
-            epoll_ctl(t->epfd, EPOLL_CTL_DEL, t->listen_fd, NULL);
-            t->listen_rearm_ns = petrel_now_ns() + 100000000u;
-            return;
-        }
-        char from[FROM_LEN];
-        format_addr(&sa, from, sizeof from);
-        if (t->handshakes >= MAX_HANDSHAKES) {
-            close(fd);
-            char msg[128];
-            snprintf(msg, sizeof msg, "connection from %s: more than %d handshakes in progress",
-                     from, MAX_HANDSHAKES);
-            PETREL_LOG_WARN("net", "tcp: refused %s", msg);
-            if (t->ev.on_rejected) t->ev.on_rejected(t->ev.ctx, msg);
-            continue;
-        }
-        tune_socket(fd);
-        tcp_conn *c = conn_new(fd, -1, CONN_HELLO);
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (!c || epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-            PETREL_LOG_WARN("net", "tcp: dropped connection from %s: %s", from,
-                            c ? strerror(errno) : "out of memory");
-            if (c)
-                conn_free(c);
-            else
-                close(fd);
-            continue;
-        }
-        memcpy(c->from, from, sizeof from);
-        c->hs_deadline_ns =
-            petrel_now_ns() + (uint64_t)atomic_load(&handshake_timeout_ms) * 1000000u;
-        /* appended: the list stays in deadline order */
-        c->prev = t->hs_tail;
-        c->next = NULL;
-        if (t->hs_tail)
-            t->hs_tail->next = c;
-        else
-            t->hs_list = c;
-        t->hs_tail = c;
-        t->handshakes++;
-    }
-}
-
-static void expire_handshakes(tcp_transport *t) {
-    uint64_t now = petrel_now_ns();
-    while (t->hs_list && t->hs_list->hs_deadline_ns <= now)
-        reject(t, t->hs_list, "no complete handshake within %u ms",
-               (unsigned)atomic_load(&handshake_timeout_ms));
-}
-
 /* ---- receiving frames (I/O thread) ----------------------------------------------- */
 
 /* Forgets an authenticated connection; tells the node unless disconnect() asked. */
-static bool conn_drop(tcp_transport *t, tcp_conn *c, const char *fmt, ...) PETREL_PRINTF(3, 4);
-static bool conn_drop(tcp_transport *t, tcp_conn *c, const char *fmt, ...) {
+static bool conn_drop(petreli_tcp_transport *t, petreli_tcp_conn *c, const char *fmt, ...)
+    PETREL_PRINTF(3, 4);
+static bool conn_drop(petreli_tcp_transport *t, petreli_tcp_conn *c, const char *fmt, ...) {
     pthread_mutex_lock(&t->mu);
     bool was_link = t->links[c->peer] == c;
     if (was_link) t->links[c->peer] = NULL;
@@ -523,9 +209,9 @@ static bool conn_drop(tcp_transport *t, tcp_conn *c, const char *fmt, ...) {
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     /* Wakes a sender blocked in poll on this socket: its next write fails. */
     shutdown(c->fd, SHUT_RDWR);
-    list_remove(&t->up_list, c);
+    petreli_tcp_list_remove(&t->up_list, c);
     int peer = c->peer;
-    conn_unref(t, c);
+    petreli_tcp_conn_unref(t, c);
     if (was_link) {
         char why[256];
         va_list ap;
@@ -545,7 +231,7 @@ static bool conn_drop(tcp_transport *t, tcp_conn *c, const char *fmt, ...) {
 
 /* A whole header is at c->rbuf + c->rb_off: validate it and ask the node where the
  * payload goes. False when the connection was dropped. */
-static bool frame_start(tcp_transport *t, tcp_conn *c) {
+static bool frame_start(petreli_tcp_transport *t, petreli_tcp_conn *c) {
     petreli_wire_header h;
     const unsigned char *hdr = c->rbuf + c->rb_off;
     c->rb_off += PETRELI_WIRE_HEADER;
@@ -572,8 +258,8 @@ static bool frame_start(tcp_transport *t, tcp_conn *c) {
  * or -1 when the connection was dropped. *drained is set after a short read or when
  * this wakeup's budget is spent: the caller then consumes what it has and stops
  * (level-triggered epoll calls again while bytes are waiting). */
-static ssize_t conn_recv(tcp_transport *t, tcp_conn *c, struct iovec *iov, int n, bool *drained,
-                         size_t *budget) {
+static ssize_t conn_recv(petreli_tcp_transport *t, petreli_tcp_conn *c, struct iovec *iov, int n,
+                         bool *drained, size_t *budget) {
     size_t want = iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0);
     for (;;) {
         ssize_t r = readv(c->fd, iov, n);
@@ -597,8 +283,8 @@ static ssize_t conn_recv(tcp_transport *t, tcp_conn *c, struct iovec *iov, int n
  * Payloads are read straight into the node's buffers; each of those reads also
  * fills the read-ahead buffer with what follows (the next headers, small payloads),
  * so that a stream of small frames costs one read for many frames, and a large
- * frame is copied at most RBUF_BYTES of it. False when the connection was dropped. */
-static bool conn_read(tcp_transport *t, tcp_conn *c) {
+ * frame is copied at most PETRELI_TCP_RBUF_BYTES of it. False when the connection was dropped. */
+static bool conn_read(petreli_tcp_transport *t, petreli_tcp_conn *c) {
     size_t budget = READ_BUDGET;
     bool drained = false;
     for (;;) {
@@ -612,7 +298,8 @@ static bool conn_read(tcp_transport *t, tcp_conn *c) {
                 c->payload_have += k;
             } else if (need > 0) {
                 if (drained) return true;
-                struct iovec iov[2] = {{c->payload + c->payload_have, need}, {c->rbuf, RBUF_BYTES}};
+                struct iovec iov[2] = {{c->payload + c->payload_have, need},
+                                       {c->rbuf, PETRELI_TCP_RBUF_BYTES}};
                 ssize_t r = conn_recv(t, c, iov, 2, &drained, &budget);
                 if (r <= 0) return r == 0;
                 size_t k = (size_t)r < need ? (size_t)r : need;
@@ -632,7 +319,7 @@ static bool conn_read(tcp_transport *t, tcp_conn *c) {
             memmove(c->rbuf, c->rbuf + c->rb_off, avail);
             c->rb_off = 0;
             c->rb_len = avail;
-            struct iovec iov = {c->rbuf + avail, RBUF_BYTES - avail};
+            struct iovec iov = {c->rbuf + avail, PETRELI_TCP_RBUF_BYTES - avail};
             ssize_t r = conn_recv(t, c, &iov, 1, &drained, &budget);
             if (r <= 0) return r == 0;
             c->rb_len += (size_t)r;
@@ -643,7 +330,7 @@ static bool conn_read(tcp_transport *t, tcp_conn *c) {
 /* ---- sending ------------------------------------------------------------------- */
 
 /* Registers or clears interest in EPOLLOUT; call with c->smu held. */
-static void arm_out(tcp_transport *t, tcp_conn *c, bool on) {
+static void arm_out(petreli_tcp_transport *t, petreli_tcp_conn *c, bool on) {
     if (c->out_armed == on) return;
     struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
     if (epoll_ctl(t->epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->out_armed = on;
@@ -651,7 +338,7 @@ static void arm_out(tcp_transport *t, tcp_conn *c, bool on) {
 
 /* Writes the rest of c->pending without blocking; 0 when all is written, EAGAIN,
  * or an errno. Caller owns the write side. */
-static int flush_pending_now(tcp_conn *c) {
+static int flush_pending_now(petreli_tcp_conn *c) {
     while (c->pending_off < c->pending_len) {
         ssize_t r = send(c->fd, c->pending + c->pending_off, c->pending_len - c->pending_off,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -669,7 +356,7 @@ static int flush_pending_now(tcp_conn *c) {
 
 /* EPOLLOUT on the I/O thread: write pending bytes unless a sender owns the socket
  * (it writes them itself before its own frame). */
-static void conn_writable(tcp_transport *t, tcp_conn *c) {
+static void conn_writable(petreli_tcp_transport *t, petreli_tcp_conn *c) {
     pthread_mutex_lock(&c->smu);
     if (!c->sending) {
         int rc = c->pending ? flush_pending_now(c) : 0;
@@ -698,7 +385,7 @@ static petrel_err send_io_error(int peer, int err) {
 
 static petrel_err tcp_send(void *tp, int peer, const petreli_wire_header *h,
                            const struct iovec *iov, int iovcnt, uint64_t deadline_ns) {
-    tcp_transport *t = tp;
+    petreli_tcp_transport *t = tp;
     uint64_t start = petrel_now_ns();
     PETREL_ASSERT(iovcnt >= 0 && iovcnt < MAX_IOV, "a frame gathers at most 15 pieces");
     if (peer < 0 || peer >= t->size || peer == t->rank)
@@ -718,7 +405,7 @@ static petrel_err tcp_send(void *tp, int peer, const petreli_wire_header *h,
     PETREL_ASSERT(payload == h->frame_len, "the iov lengths must add up to h->frame_len");
 
     pthread_mutex_lock(&t->mu);
-    tcp_conn *c = t->links[peer];
+    petreli_tcp_conn *c = t->links[peer];
     if (c) c->refs++;
     pthread_mutex_unlock(&t->mu);
     if (!c) return petrel_error_set(PETREL_ERR_IO, "send to rank %d: no link", peer);
@@ -741,7 +428,7 @@ static petrel_err tcp_send(void *tp, int peer, const petreli_wire_header *h,
     /* An earlier frame's tail first: frames never interleave. */
     while (c->pending) {
         int rc = flush_pending_now(c);
-        if (rc == EAGAIN) rc = wait_fd(c->fd, POLLOUT, deadline_ns);
+        if (rc == EAGAIN) rc = petreli_tcp_wait_fd(c->fd, POLLOUT, deadline_ns);
         if (rc == ETIMEDOUT)
             err = send_timeout(peer, start, "the peer is not reading");
         else if (rc != 0)
@@ -768,7 +455,7 @@ static petrel_err tcp_send(void *tp, int peer, const petreli_wire_header *h,
         int e = r < 0 ? errno : EIO;
         if (e == EINTR) continue;
         if (e == EAGAIN || e == EWOULDBLOCK) {
-            int rc = wait_fd(c->fd, POLLOUT, deadline_ns);
+            int rc = petreli_tcp_wait_fd(c->fd, POLLOUT, deadline_ns);
             if (rc == 0) continue;
             if (rc != ETIMEDOUT) {
                 err = send_io_error(peer, rc);
@@ -810,22 +497,22 @@ release:
     pthread_cond_signal(&c->scv);
     pthread_mutex_unlock(&c->smu);
 done:
-    conn_unref(t, c);
+    petreli_tcp_conn_unref(t, c);
     return err;
 }
 
 /* ---- the I/O thread ------------------------------------------------------------ */
 
 /* Takes the connections connect() made into epoll and the up list. */
-static void adopt_all(tcp_transport *t) {
+static void adopt_all(petreli_tcp_transport *t) {
     pthread_mutex_lock(&t->mu);
-    tcp_conn *q = t->adopt;
+    petreli_tcp_conn *q = t->adopt;
     t->adopt = NULL;
     pthread_mutex_unlock(&t->mu);
     while (q) {
-        tcp_conn *c = q;
+        petreli_tcp_conn *c = q;
         q = q->next;
-        list_push(&t->up_list, c);
+        petreli_tcp_list_push(&t->up_list, c);
         pthread_mutex_lock(&c->smu);
         struct epoll_event ev = {.events = EPOLLIN | (c->pending ? EPOLLOUT : 0), .data.ptr = c};
         int rc = epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->fd, &ev);
@@ -836,15 +523,15 @@ static void adopt_all(tcp_transport *t) {
 }
 
 /* Drops the connections disconnect() marked. */
-static void sweep_closing(tcp_transport *t) {
+static void sweep_closing(petreli_tcp_transport *t) {
     if (atomic_load(&t->closing_count) == 0) return;
-    for (tcp_conn *c = t->up_list, *next; c; c = next) {
+    for (petreli_tcp_conn *c = t->up_list, *next; c; c = next) {
         next = c->next;
         if (atomic_load(&c->closing)) conn_drop(t, c, "disconnected");
     }
 }
 
-static int next_timeout_ms(tcp_transport *t) {
+static int next_timeout_ms(petreli_tcp_transport *t) {
     uint64_t next = UINT64_MAX;
     if (t->hs_list) next = t->hs_list->hs_deadline_ns;
     if (t->listen_rearm_ns && t->listen_rearm_ns < next) next = t->listen_rearm_ns;
@@ -852,7 +539,7 @@ static int next_timeout_ms(tcp_transport *t) {
 }
 
 static void *io_main(void *arg) {
-    tcp_transport *t = arg;
+    petreli_tcp_transport *t = arg;
     io_thread_of = t;
     struct epoll_event evs[64];
     pthread_mutex_lock(&t->io_mu);
@@ -873,11 +560,11 @@ static void *io_main(void *arg) {
                 (void)!read(t->wake_fd, &v, sizeof v);
                 adopt_all(t);
             } else if (p == &mark_listen) {
-                accept_all(t);
+                petreli_tcp_accept_all(t);
             } else {
-                tcp_conn *c = p;
-                if (c->state != CONN_UP) {
-                    (void)handshake_read(t, c);
+                petreli_tcp_conn *c = p;
+                if (c->state != PETRELI_TCP_CONN_UP) {
+                    (void)petreli_tcp_handshake_read(t, c);
                 } else if (atomic_load(&c->closing)) {
                     (void)conn_drop(t, c, "disconnected");
                 } else {
@@ -887,7 +574,7 @@ static void *io_main(void *arg) {
             }
         }
         sweep_closing(t);
-        expire_handshakes(t);
+        petreli_tcp_expire_handshakes(t);
         if (t->listen_rearm_ns && petrel_now_ns() >= t->listen_rearm_ns) {
             struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &mark_listen};
             if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->listen_fd, &ev) == 0) t->listen_rearm_ns = 0;
@@ -897,103 +584,14 @@ static void *io_main(void *arg) {
     return NULL;
 }
 
-/* ---- the connector's handshake ---------------------------------------------------- */
-
-static petrel_err write_all(int fd, const void *buf, size_t len, uint64_t deadline_ns,
-                            const char *what) {
-    const unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t r = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r > 0) {
-            p += r;
-            len -= (size_t)r;
-            continue;
-        }
-        int e = r < 0 ? errno : EIO;
-        if (e == EINTR) continue;
-        if (e != EAGAIN && e != EWOULDBLOCK)
-            return petrel_error_set(PETREL_ERR_IO, "sending %s: %s", what, strerror(e));
-        int rc = wait_fd(fd, POLLOUT, deadline_ns);
-        if (rc == ETIMEDOUT)
-            return petrel_error_set(PETREL_ERR_TIMEOUT, "sending %s: timed out", what);
-        if (rc) return petrel_error_set(PETREL_ERR_IO, "sending %s: %s", what, strerror(rc));
-    }
-    return PETREL_OK;
-}
-
-static petrel_err read_all(int fd, void *buf, size_t len, uint64_t deadline_ns, const char *what) {
-    unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t r = recv(fd, p, len, MSG_DONTWAIT);
-        if (r > 0) {
-            p += r;
-            len -= (size_t)r;
-            continue;
-        }
-        if (r == 0)
-            return petrel_error_set(PETREL_ERR_IO, "the peer closed the connection before %s",
-                                    what);
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return petrel_error_set(PETREL_ERR_IO, "reading %s: %s", what, strerror(errno));
-        int rc = wait_fd(fd, POLLIN, deadline_ns);
-        if (rc == ETIMEDOUT)
-            return petrel_error_set(PETREL_ERR_TIMEOUT, "no %s before the deadline", what);
-        if (rc) return petrel_error_set(PETREL_ERR_IO, "reading %s: %s", what, strerror(rc));
-    }
-    return PETREL_OK;
-}
-
-petrel_err petreli_tcp_handshake(int fd, const char *token, int rank, int peer, int size,
-                                 uint64_t deadline_ns) {
-    if (!token) token = "";
-    size_t token_len = strlen(token);
-    unsigned char hello[HELLO_BYTES], reply[REPLY_BYTES], proof[PROOF_BYTES], ok[OK_BYTES];
-    unsigned char nc[32];
-    petrel_err err = petreli_random_bytes(nc, sizeof nc);
-    if (err != PETREL_OK) return err;
-    memcpy(hello, HS_MAGIC, 8);
-    put32(hello + 8, HS_VERSION);
-    put32(hello + 12, (uint32_t)rank);
-    put32(hello + 16, (uint32_t)size);
-    memcpy(hello + 20, nc, 32);
-    if ((err = write_all(fd, hello, sizeof hello, deadline_ns, "the handshake HELLO")) ||
-        (err = read_all(fd, reply, sizeof reply, deadline_ns, "the handshake reply")))
-        return err;
-    if (memcmp(reply, HS_MAGIC, 8) != 0 || get32(reply + 8) != HS_VERSION)
-        return petrel_error_set(PETREL_ERR_FORMAT,
-                                "the handshake reply is not petrel's (magic or version differ)");
-    if (get32(reply + 12) != (uint32_t)peer)
-        return petrel_error_set(PETREL_ERR_INVALID, "expected rank %d, reached rank %u", peer,
-                                get32(reply + 12));
-    unsigned char want[32];
-    hs_mac(token, token_len, "acceptor", nc, reply + 16, (uint32_t)rank, (uint32_t)peer,
-           (uint32_t)size, want);
-    if (!petreli_equal_ct(want, reply + 48, 32))
-        return petrel_error_set(PETREL_ERR_INVALID,
-                                "rank %d failed authentication (the job tokens differ)", peer);
-    hs_mac(token, token_len, "connector", reply + 16, nc, (uint32_t)rank, (uint32_t)peer,
-           (uint32_t)size, proof);
-    if ((err = write_all(fd, proof, sizeof proof, deadline_ns, "the handshake proof"))) return err;
-    if ((err = read_all(fd, ok, sizeof ok, deadline_ns, "the handshake answer"))) return err;
-    if (memcmp(ok, HS_DUPLICATE, OK_BYTES) == 0)
-        return petrel_error_set(PETREL_ERR_STATE,
-                                "rank %d already has a link from rank %d (a second process with "
-                                "this rank?)",
-                                peer, rank);
-    if (memcmp(ok, HS_OK, OK_BYTES) != 0)
-        return petrel_error_set(PETREL_ERR_FORMAT, "the handshake answer is malformed");
-    return PETREL_OK;
-}
-
 /* A connected non-blocking socket to sa, or -1 with errno, by deadline. */
 static int dial(const struct sockaddr_in *sa, uint64_t deadline_ns) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    tune_socket(fd);
+    petreli_tcp_tune_socket(fd);
     int rc = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
     if (rc != 0 && errno == EINPROGRESS) {
-        int w = wait_fd(fd, POLLOUT, deadline_ns);
+        int w = petreli_tcp_wait_fd(fd, POLLOUT, deadline_ns);
         int soerr = 0;
         socklen_t len = sizeof soerr;
         if (w == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) soerr = errno;
@@ -1010,7 +608,7 @@ static int dial(const struct sockaddr_in *sa, uint64_t deadline_ns) {
 }
 
 static petrel_err tcp_connect(void *tp, int peer, const char *addr, uint64_t deadline_ns) {
-    tcp_transport *t = tp;
+    petreli_tcp_transport *t = tp;
     if (peer < 0 || peer >= t->size || peer == t->rank)
         return petrel_error_set(PETREL_ERR_INVALID, "connect to rank %d: not a peer of rank %d",
                                 peer, t->rank);
@@ -1037,7 +635,7 @@ static petrel_err tcp_connect(void *tp, int peer, const char *addr, uint64_t dea
         snprintf(why, sizeof why, "%s", petrel_errmsg());
         return petrel_error_set(err, "connect to rank %d at %s: %s", peer, addr, why);
     }
-    tcp_conn *c = conn_new(fd, peer, CONN_UP);
+    petreli_tcp_conn *c = petreli_tcp_conn_new(fd, peer, PETRELI_TCP_CONN_UP);
     if (!c) {
         close(fd);
         return PETREL_ERR_NOMEM;
@@ -1052,7 +650,7 @@ static petrel_err tcp_connect(void *tp, int peer, const char *addr, uint64_t dea
     }
     pthread_mutex_unlock(&t->mu);
     if (up) {
-        conn_free(c);
+        petreli_tcp_conn_free(c);
         return PETREL_OK;
     }
     wake(t);
@@ -1063,7 +661,7 @@ static petrel_err tcp_connect(void *tp, int peer, const char *addr, uint64_t dea
 /* ---- open, close, link state ------------------------------------------------------ */
 
 static bool tcp_connected(void *tp, int peer) {
-    tcp_transport *t = tp;
+    petreli_tcp_transport *t = tp;
     if (peer < 0 || peer >= t->size) return false;
     pthread_mutex_lock(&t->mu);
     bool up = t->links[peer] != NULL;
@@ -1072,14 +670,14 @@ static bool tcp_connected(void *tp, int peer) {
 }
 
 static void tcp_disconnect(void *tp, int peer) {
-    tcp_transport *t = tp;
+    petreli_tcp_transport *t = tp;
     if (peer < 0 || peer >= t->size) return;
     /* Holding io_mu (unless this is the I/O thread, which holds it already) means no
      * payload of peer's is being read: after return none will be. */
     bool on_io = io_thread_of == t;
     if (!on_io) pthread_mutex_lock(&t->io_mu);
     pthread_mutex_lock(&t->mu);
-    tcp_conn *c = t->links[peer];
+    petreli_tcp_conn *c = t->links[peer];
     if (c) {
         t->links[peer] = NULL;
         atomic_store(&c->closing, true);
@@ -1094,24 +692,24 @@ static void tcp_disconnect(void *tp, int peer) {
 }
 
 static void tcp_close(void *tp) {
-    tcp_transport *t = tp;
+    petreli_tcp_transport *t = tp;
     if (!t) return;
     if (t->io) {
         atomic_store(&t->stop, true);
         wake(t);
         petrel_thread_join(t->io, NULL);
     }
-    for (tcp_conn *c = t->hs_list, *next; c; c = next) {
+    for (petreli_tcp_conn *c = t->hs_list, *next; c; c = next) {
         next = c->next;
-        conn_free(c);
+        petreli_tcp_conn_free(c);
     }
-    for (tcp_conn *c = t->up_list, *next; c; c = next) {
+    for (petreli_tcp_conn *c = t->up_list, *next; c; c = next) {
         next = c->next;
-        conn_free(c);
+        petreli_tcp_conn_free(c);
     }
-    for (tcp_conn *c = t->adopt, *next; c; c = next) {
+    for (petreli_tcp_conn *c = t->adopt, *next; c; c = next) {
         next = c->next;
-        conn_free(c);
+        petreli_tcp_conn_free(c);
     }
     if (t->listen_fd >= 0) close(t->listen_fd);
     if (t->epfd >= 0) close(t->epfd);
@@ -1143,7 +741,7 @@ static petrel_err open_listener(const petreli_transport_config *cfg, int *out) {
     if (fd < 0) return petrel_error_set(PETREL_ERR_IO, "socket: %s", strerror(errno));
     int one = 1;
     (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    tune_socket(fd); /* accepted sockets inherit the buffer sizes */
+    petreli_tcp_tune_socket(fd); /* accepted sockets inherit the buffer sizes */
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, SOMAXCONN) != 0) {
         int e = errno;
         close(fd);
@@ -1159,7 +757,7 @@ static petrel_err tcp_open(void **out, const petreli_transport_config *cfg,
                   "rank must be in 0..size-1");
     PETREL_ASSERT(ev.frame_begin && ev.frame_done, "the node must handle frames");
     petrel_err err = PETREL_ERR_NOMEM;
-    tcp_transport *t = petrel_calloc(1, sizeof *t);
+    petreli_tcp_transport *t = petrel_calloc(1, sizeof *t);
     if (!t) return PETREL_ERR_NOMEM;
     t->rank = cfg->rank;
     t->size = cfg->size;
@@ -1192,7 +790,7 @@ static petrel_err tcp_open(void **out, const petreli_transport_config *cfg,
         goto fail;
     }
     if ((err = petrel_thread_start(&t->io, io_main, t)) != PETREL_OK) goto fail;
-    format_addr(&sa, addr, addr_size);
+    petreli_tcp_format_addr(&sa, addr, addr_size);
     *out = t;
     return PETREL_OK;
 fail:
