@@ -17,6 +17,7 @@
 #ifndef PETREL_TRAIN_H
 #define PETREL_TRAIN_H
 
+#include "petrel/coll.h"
 #include "petrel/data.h"
 #include "petrel/nn.h"
 
@@ -47,6 +48,7 @@ typedef struct petrel_train_config {
     int64_t batch;
     petrel_optim_config optim;
     uint64_t seed;       /* data order and dropout; the model was seeded by its constructor */
+    bool shuffle;        /* a new sample order every epoch (else file order) */
     int threads;         /* math-library threads */
     const char *out_dir; /* metrics.jsonl and model.ckpt go here; NULL: nowhere */
     int progress;        /* 1 on, 0 off, -1 when stderr is a terminal */
@@ -55,7 +57,8 @@ typedef struct petrel_train_config {
     bool quiet;          /* no end-of-epoch summary lines on stderr */
 } petrel_train_config;
 
-/* 5 epochs of batch 64, SGD lr 0.1, seed 1, one thread, progress when on a terminal. */
+/* 5 epochs of batch 64, shuffled, SGD lr 0.1, seed 1, one thread, progress when on a
+ * terminal. */
 petrel_train_config petrel_train_config_default(void);
 
 typedef struct petrel_train_result {
@@ -83,6 +86,48 @@ PETREL_NODISCARD petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, 
 /* Accuracy and mean loss of m on d, in batches of `batch`. */
 PETREL_NODISCARD petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t batch,
                                             double *accuracy, double *loss);
+
+/* ---- data-parallel training ------------------------------------------------------ */
+
+/* How the workers of a data-parallel job combine their gradients. */
+typedef enum petrel_comm_mode {
+    PETREL_COMM_ALLREDUCE = 0, /* average every gradient by allreduce (Horovod, DDP) */
+    PETREL_COMM_SFB,           /* fully connected weights by sufficient factor broadcasting,
+                                  the rest by allreduce (Poseidon) */
+    PETREL_COMM_HYBRID,        /* per fully connected layer, whichever the cost formula favours */
+    PETREL_COMM_COUNT
+} petrel_comm_mode;
+
+/* "allreduce" | "sfb" | "hybrid". */
+PETREL_NODISCARD petrel_err petrel_comm_mode_parse(const char *name, petrel_comm_mode *out);
+const char *petrel_comm_mode_name(petrel_comm_mode mode);
+
+typedef struct petrel_dp_config {
+    petrel_comm_mode mode;
+    size_t bucket_bytes; /* gradients are reduced in buckets of about this size (fusion) */
+    bool overlap;        /* start a bucket's reduction as soon as backward has produced it */
+} petrel_dp_config;
+
+/* allreduce, buckets of 256 KiB, overlap on. */
+petrel_dp_config petrel_dp_config_default(void);
+
+/* Floats one worker sends per step for a fully connected layer of OUT x IN with a
+ * per-worker batch of K among P workers: by SFB, an allgather of the factors,
+ * K (P - 1) (OUT + IN); by ring allreduce, 2 (P - 1) / P OUT IN. Hybrid picks SFB
+ * when it is the smaller. */
+double petrel_sfb_floats(int64_t out, int64_t in, int64_t k, int p);
+double petrel_allreduce_floats(int64_t out, int64_t in, int p);
+
+/* Trains m data-parallel over the members of comm: every member holds the whole
+ * model (rank 0's initial parameters are broadcast), trains on its shard of train
+ * (cfg->batch samples per member and step), and the gradients are averaged before
+ * each member's identical optimizer step. Every member runs the same number of
+ * steps per epoch (the smallest shard's), so unequal shards cannot hang it.
+ * Evaluation is sharded too. Member 0 writes metrics and the checkpoint. */
+PETREL_NODISCARD petrel_err petrel_train_dp(petrel_model *m, const petrel_dataset *train,
+                                            const petrel_dataset *test,
+                                            const petrel_train_config *cfg, petrel_comm *comm,
+                                            petrel_dp_config dp, petrel_train_result *result);
 
 /* ---- metrics.jsonl -------------------------------------------------------------- */
 

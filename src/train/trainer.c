@@ -4,7 +4,7 @@
  * and a checkpoint. All buffers are made before the first step, and the compute
  * arena keeps its memory across steps, so the steady-state step allocates nothing.
  */
-#include "petrel/train.h"
+#include "train_impl.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +24,7 @@ petrel_train_config petrel_train_config_default(void) {
         .batch = 64,
         .optim = petrel_optim_config_default(PETREL_OPTIM_SGD, 0.1f),
         .seed = 1,
+        .shuffle = true,
         .threads = 1,
         .progress = -1,
         .eval_batch = 1000,
@@ -31,7 +32,7 @@ petrel_train_config petrel_train_config_default(void) {
     return c;
 }
 
-static petrel_err check_fit(const petrel_model *m, const petrel_dataset *d, const char *which) {
+petrel_err petreli_check_fit(const petrel_model *m, const petrel_dataset *d, const char *which) {
     if (d->dim > m->in_dim || (d->x && d->dim != m->in_dim))
         return petrel_error_set(PETREL_ERR_INVALID,
                                 "%s data has %lld features, the model '%s' takes %lld", which,
@@ -56,13 +57,15 @@ static int64_t count_correct(const petrel_tensor *logits, const int32_t *y, int6
     return hits;
 }
 
-petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t batch,
-                           double *accuracy, double *loss) {
-    petrel_err err = check_fit(m, d, "evaluation");
+petrel_err petreli_evaluate_shard(petrel_model *m, const petrel_dataset *d, int64_t batch, int rank,
+                                  int size, double *hits, double *loss_sum, double *count) {
+    petrel_err err = petreli_check_fit(m, d, "evaluation");
     if (err != PETREL_OK) return err;
     petrel_batcher_config bc = petrel_batcher_config_default();
     bc.batch = batch > 0 ? batch : 1000;
     bc.shuffle = false;
+    bc.rank = rank;
+    bc.size = size;
     petrel_batcher *it = NULL;
     petrel_graph *g = NULL;
     float *x = petrel_malloc((size_t)(bc.batch * m->in_dim) * sizeof(float));
@@ -74,8 +77,8 @@ petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t bat
     if ((err = petrel_batcher_new(&it, d, bc)) != PETREL_OK) goto fail;
     if ((err = petrel_graph_new(&g, 0)) != PETREL_OK) goto fail;
     petrel_batcher_start_epoch(it, 0);
-    int64_t n, hits = 0, seen = 0;
-    double loss_sum = 0;
+    int64_t n, correct = 0, seen = 0;
+    double lsum = 0;
     while ((n = petrel_batcher_next(it, x, y)) > 0) {
         if (d->dim < m->in_dim) /* sparse data narrower than the model: pad with zeros */
             for (int64_t b = n - 1; b >= 0; b--) {
@@ -90,18 +93,29 @@ petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t bat
             err = petrel_graph_error(g);
             goto fail;
         }
-        hits += count_correct(logits, y, n);
-        loss_sum += (double)l->data[0] * (double)n;
+        correct += count_correct(logits, y, n);
+        lsum += (double)l->data[0] * (double)n;
         seen += n;
     }
-    *accuracy = seen ? (double)hits / (double)seen : 0.0;
-    if (loss) *loss = seen ? loss_sum / (double)seen : 0.0;
+    *hits = (double)correct;
+    *loss_sum = lsum;
+    *count = (double)seen;
 fail:
     petrel_graph_free(g);
     petrel_batcher_free(it);
     petrel_free(x);
     petrel_free(y);
     return err;
+}
+
+petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t batch,
+                           double *accuracy, double *loss) {
+    double hits, loss_sum, count;
+    petrel_err err = petreli_evaluate_shard(m, d, batch, 0, 1, &hits, &loss_sum, &count);
+    if (err != PETREL_OK) return err;
+    *accuracy = count > 0 ? hits / count : 0.0;
+    if (loss) *loss = count > 0 ? loss_sum / count : 0.0;
+    return PETREL_OK;
 }
 
 petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt, float *x,
@@ -163,8 +177,8 @@ petrel_err petrel_train(petrel_model *m, const petrel_dataset *train, const petr
                         const petrel_train_config *cfg, petrel_train_result *result) {
     if (cfg->epochs < 0 || cfg->batch <= 0 || cfg->threads <= 0)
         return petrel_error_set(PETREL_ERR_INVALID, "epochs >= 0, batch > 0 and threads > 0");
-    petrel_err err = check_fit(m, train, "training");
-    if (err == PETREL_OK && test) err = check_fit(m, test, "test");
+    petrel_err err = petreli_check_fit(m, train, "training");
+    if (err == PETREL_OK && test) err = petreli_check_fit(m, test, "test");
     if (err != PETREL_OK) return err;
     if (train->dim != m->in_dim)
         return petrel_error_set(PETREL_ERR_INVALID,
@@ -188,6 +202,7 @@ petrel_err petrel_train(petrel_model *m, const petrel_dataset *train, const petr
     petrel_batcher_config bc = petrel_batcher_config_default();
     bc.batch = B;
     bc.seed = cfg->seed;
+    bc.shuffle = cfg->shuffle;
     if ((err = petrel_batcher_new(&it, train, bc)) != PETREL_OK) goto fail;
     if ((err = petrel_graph_new(&g, 0)) != PETREL_OK) goto fail;
     if ((err = petrel_optim_new(&opt, cfg->optim, petrel_params_count(m->params))) != PETREL_OK)

@@ -1,9 +1,11 @@
 /* petrel train: single-process training of a built-in model. */
 #include "apps.h"
 #include "cli.h"
+#include "petrel/launch.h"
 
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void train_usage(FILE *f) {
@@ -29,6 +31,15 @@ static void train_usage(FILE *f) {
                "  --out DIR           output directory [runs/<model>]\n"
                "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
                "  --kernels NAME      cpu | reference (naive loops, for checking) [cpu]\n"
+               "\n"
+               "data-parallel training (every worker holds the model; --batch is per worker):\n"
+               "  --workers W         processes that train together; > 1 starts them on this\n"
+               "                      machine, as petrel launch does (under mpirun or srun, the\n"
+               "                      job's size decides) [1]\n"
+               "  --comm NAME         allreduce | sfb | hybrid: how gradients are combined\n"
+               "                      [allreduce]\n"
+               "  --bucket-kb N       gradient bucket (fusion) size in KiB [256]\n"
+               "  --no-overlap        reduce only after the whole backward\n"
                "  --progress          always draw the progress line [only on a terminal]\n"
                "  --no-progress       never draw it\n"
                "  -q, --quiet         no per-epoch lines on stderr\n"
@@ -60,6 +71,37 @@ static bool parse_hidden(const char *s, int64_t *hidden) {
     return k > 0;
 }
 
+/* --workers W outside a job: run this same command as W local nodes. */
+static int launch_workers(int argc, char **argv, int workers) {
+    petrel_launch_config lc = petrel_launch_config_default();
+    lc.workers = workers - 1; /* rank 0, the coordinator, trains too */
+    lc.servers = 0;
+    char **args = calloc((size_t)argc + 2, sizeof *args);
+    if (!args) return cli_fail(PETREL_ERR_NOMEM, "launching the workers", NULL);
+    args[0] = "/proc/self/exe";
+    args[1] = "train";
+    for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
+    int code = CLI_FAIL;
+    petrel_err err = petrel_launch_run(&lc, args, &code);
+    free(args);
+    if (err != PETREL_OK) return cli_fail(err, "launching the workers", NULL);
+    return code;
+}
+
+/* Joins the job the environment describes; every node is a data-parallel member. */
+static petrel_err join_comm(petrel_net **net, petrel_comm **comm) {
+    petrel_net_config nc = petrel_net_config_default();
+    petrel_err err = petrel_net_start(net, &nc);
+    if (err != PETREL_OK) return err;
+    int size = petrel_net_size(*net);
+    int *ranks = malloc((size_t)size * sizeof *ranks);
+    if (!ranks) return PETREL_ERR_NOMEM;
+    for (int r = 0; r < size; r++) ranks[r] = r;
+    err = petrel_comm_new(comm, *net, ranks, size, 1, petrel_comm_config_default());
+    free(ranks);
+    return err;
+}
+
 int cmd_train(int argc, char **argv) {
     enum {
         OPT_HIDDEN = 256,
@@ -71,7 +113,11 @@ int cmd_train(int argc, char **argv) {
         OPT_PROGRESS,
         OPT_NO_PROGRESS,
         OPT_OPTIMIZER,
-        OPT_THREADS
+        OPT_THREADS,
+        OPT_WORKERS,
+        OPT_COMM,
+        OPT_BUCKET,
+        OPT_NO_OVERLAP
     };
     static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
                                              {"hidden", required_argument, 0, OPT_HIDDEN},
@@ -89,6 +135,10 @@ int cmd_train(int argc, char **argv) {
                                              {"kernels", required_argument, 0, OPT_KERNELS},
                                              {"progress", no_argument, 0, OPT_PROGRESS},
                                              {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
+                                             {"workers", required_argument, 0, OPT_WORKERS},
+                                             {"comm", required_argument, 0, OPT_COMM},
+                                             {"bucket-kb", required_argument, 0, OPT_BUCKET},
+                                             {"no-overlap", no_argument, 0, OPT_NO_OVERLAP},
                                              {"quiet", no_argument, 0, 'q'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
@@ -96,6 +146,8 @@ int cmd_train(int argc, char **argv) {
     petrel_train_config cfg = petrel_train_config_default();
     const char *data = "fashion-mnist", *test_path = NULL, *out = NULL;
     petrel_optim_kind kind = PETREL_OPTIM_SGD;
+    petrel_dp_config dp = petrel_dp_config_default();
+    int workers = 1;
     float lr = 0, wd = 0;
     int64_t v;
     int c;
@@ -164,6 +216,23 @@ int cmd_train(int argc, char **argv) {
             else
                 return cli_usage_error("train ", "--kernels wants cpu or reference");
             break;
+        case OPT_WORKERS:
+            if (!cli_parse_i64(optarg, &v) || v < 1 || v > 1024)
+                return cli_usage_error("train ", "--workers wants 1..1024, got '%s'", optarg);
+            workers = (int)v;
+            break;
+        case OPT_COMM:
+            if (petrel_comm_mode_parse(optarg, &dp.mode) != PETREL_OK)
+                return cli_usage_error("train ", "%s", petrel_errmsg());
+            break;
+        case OPT_BUCKET:
+            if (!cli_parse_i64(optarg, &v) || v < 1 || v > (1 << 20))
+                return cli_usage_error("train ", "--bucket-kb wants 1..1048576, got '%s'", optarg);
+            dp.bucket_bytes = (size_t)v << 10;
+            break;
+        case OPT_NO_OVERLAP:
+            dp.overlap = false;
+            break;
         case OPT_PROGRESS:
             cfg.progress = 1;
             break;
@@ -190,8 +259,15 @@ int cmd_train(int argc, char **argv) {
     }
     cfg.out_dir = out;
 
+    petrel_job_env env;
+    if (petrel_job_env_read(&env) != PETREL_OK) return cli_fail(PETREL_ERR_INVALID, "job", NULL);
+    bool in_job = env.size > 1;
+    if (workers > 1 && !in_job) return launch_workers(argc, argv, workers);
+
     petrel_dataset *train = NULL, *test = NULL;
     petrel_model *model = NULL;
+    petrel_net *net = NULL;
+    petrel_comm *comm = NULL;
     petrel_err err = petrel_app_load_data(data, test_path, &train, &test);
     if (err != PETREL_OK) return cli_fail(err, "loading data", NULL);
     mo.in_dim = train->dim;
@@ -213,16 +289,31 @@ int cmd_train(int argc, char **argv) {
                 model->meta, petrel_params_numel(model->params), (long long)train->n,
                 petrel_optim_name(kind), (double)cfg.optim.lr, (long long)cfg.batch);
     petrel_train_result r;
-    if ((err = petrel_train(model, train, test, &cfg, &r)) != PETREL_OK) {
+    if (in_job) {
+        if ((err = join_comm(&net, &comm)) != PETREL_OK) {
+            rc = cli_fail(err, "joining the job",
+                          "start it with petrel train --workers W, "
+                          "petrel launch, mpirun or srun");
+            goto done;
+        }
+        if (petrel_comm_rank(comm) != 0) cfg.quiet = true, cfg.progress = 0;
+        err = petrel_train_dp(model, train, test, &cfg, comm, dp, &r);
+    } else {
+        err = petrel_train(model, train, test, &cfg, &r);
+    }
+    if (err != PETREL_OK) {
         rc = cli_fail(err, "training", NULL);
         goto done;
     }
+    if (comm && petrel_comm_rank(comm) != 0) goto done; /* member 0 reports */
     printf("model %s  epochs %lld  steps %lld  train_loss %.4f  test_accuracy %.4f  "
            "samples/s %.0f  wall %.1fs  peak_rss %.0f MB\n",
            model->name, (long long)r.epochs, (long long)r.steps, r.train_loss, r.test_accuracy,
            r.samples_per_sec, r.wall_s, r.peak_rss_mb);
     printf("wrote %s/metrics.jsonl and %s/model.ckpt\n", out, out);
 done:
+    petrel_comm_free(comm);
+    petrel_net_stop(net);
     petrel_model_free(model);
     petrel_dataset_free(train);
     petrel_dataset_free(test);

@@ -1,0 +1,16 @@
+/* Internals shared by the single-process and the data-parallel trainers. */
+#ifndef PETREL_TRAIN_IMPL_H
+#define PETREL_TRAIN_IMPL_H
+
+#include "petrel/train.h"
+
+/* PETREL_ERR_INVALID when d's features or classes do not fit m; which names the
+ * dataset ("training", "test") in the message. */
+petrel_err petreli_check_fit(const petrel_model *m, const petrel_dataset *d, const char *which);
+
+/* Evaluates m on shard `rank` of `size` of d (the batcher's sharding rule): the
+ * number of correct predictions, the summed loss and the number of samples. */
+petrel_err petreli_evaluate_shard(petrel_model *m, const petrel_dataset *d, int64_t batch, int rank,
+                                  int size, double *hits, double *loss_sum, double *count);
+
+#endif
