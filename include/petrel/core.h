@@ -84,6 +84,10 @@ void petrel_error_clear(void);
 void petrel_assert_fail(const char *file, int line, const char *cond, const char *hint)
     __attribute__((noreturn));
 
+/* Marks a place the code cannot reach (the end of a switch over every enum value):
+ * aborts like a failed assertion, and tells the compiler that control ends here. */
+#define PETREL_UNREACHABLE(hint) petrel_assert_fail(__FILE__, __LINE__, "unreachable", hint)
+
 /* ---- logging ----------------------------------------------------------- */
 
 typedef enum petrel_log_level {

@@ -112,5 +112,5 @@ void petrel_optim_step(petrel_optim *o, float *restrict p, const float *restrict
     case PETREL_OPTIM_COUNT:
         break;
     }
-    PETREL_ASSERT(0, "unknown optimizer kind");
+    PETREL_UNREACHABLE("unknown optimizer kind");
 }

@@ -51,7 +51,7 @@ static void cpu_unary(petrel_unary_op op, float *y, const float *x, int64_t n) {
     case PETREL_UNARY_COUNT:
         break;
     }
-    PETREL_ASSERT(0, "unknown unary op");
+    PETREL_UNREACHABLE("unknown unary op");
 }
 
 static void cpu_unary_backward(petrel_unary_op op, float *restrict dx, const float *restrict dy,
@@ -69,7 +69,7 @@ static void cpu_unary_backward(petrel_unary_op op, float *restrict dx, const flo
     case PETREL_UNARY_COUNT:
         break;
     }
-    PETREL_ASSERT(0, "unknown unary op");
+    PETREL_UNREACHABLE("unknown unary op");
 }
 
 static double cpu_softmax_xent(float *restrict probs, const float *restrict logits,

@@ -32,7 +32,7 @@ static float unary_f(petrel_unary_op op, float x) {
     case PETREL_UNARY_COUNT:
         break;
     }
-    PETREL_ASSERT(0, "unknown unary op");
+    PETREL_UNREACHABLE("unknown unary op");
 }
 
 /* Derivative expressed through the forward output y, which is what the tape keeps. */
@@ -47,7 +47,7 @@ static float unary_df(petrel_unary_op op, float y) {
     case PETREL_UNARY_COUNT:
         break;
     }
-    PETREL_ASSERT(0, "unknown unary op");
+    PETREL_UNREACHABLE("unknown unary op");
 }
 
 static void ref_unary(petrel_unary_op op, float *y, const float *x, int64_t n) {
