@@ -61,5 +61,18 @@ expect_rc "reference kernels and adam" 0 "$petrel" train --model softmax --data 
 grep -q '"kernels":"reference"' "$tmp/run2/metrics.jsonl" && ok "kernel set recorded" ||
     fail "kernel set recorded" "missing"
 
+# Data-parallel: two local workers, SFB for the first layer.
+expect_rc "train with 2 workers" 0 "$petrel" train --workers 2 --comm sfb --model mlp --hidden 16 \
+    --data "$tmp/train.svm" --test "$tmp/test.svm" --epochs 30 --batch 8 --lr 0.2 --out "$tmp/dp" \
+    --no-progress
+acc=$(sed -n 's/.*test_accuracy \([0-9.]*\).*/\1/p' "$tmp/out" | tail -1)
+awk -v a="${acc:-0}" 'BEGIN { exit !(a >= 0.9) }' && ok "2-worker accuracy $acc >= 0.9" ||
+    fail "2-worker accuracy" "got '${acc}' from: $(tail -c 500 "$tmp/out") $(tail -c 500 "$tmp/err")"
+grep -q '"workers":2' "$tmp/dp/metrics.jsonl" && grep -q '"comm":"sfb"' "$tmp/dp/metrics.jsonl" &&
+    ok "metrics record the workers and comm" || fail "metrics record the workers and comm" "missing"
+grep -q '"exposed_comm_s"' "$tmp/dp/metrics.jsonl" && grep -q '"event":"timeline"' "$tmp/dp/metrics.jsonl" &&
+    ok "metrics carry the communication timeline" || fail "timeline" "missing"
+expect_rc "bad --comm" 2 "$petrel" train --workers 2 --comm gossip
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
