@@ -41,6 +41,9 @@ typedef struct petrel_tensor {
     struct petrel_tensor *grad; /* gradient of the same shape, or NULL */
     struct petrel_node *node;   /* op that produced this tensor, NULL for a leaf */
     bool requires_grad;
+    /* A fully connected weight whose gradient the caller rebuilds from the layer's
+     * sufficient factors (data-parallel SFB): linear's backward leaves grad alone. */
+    bool grad_from_factors;
 } petrel_tensor;
 
 /* A contiguous view of data with the given shape (ndim <= PETREL_MAX_DIMS). */

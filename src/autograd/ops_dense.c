@@ -71,7 +71,7 @@ static void linear_backward(petrel_node *n, const petrel_kernels *k) {
     const petrel_tensor *x = n->src[0], *w = n->src[1];
     int64_t B = x->ne[0], IN = x->ne[1], OUT = w->ne[0];
     const float *dy = grad(n->out);
-    if (w->requires_grad) /* dw (OUT, IN) += dy^T (OUT, B) x (B, IN) */
+    if (w->requires_grad && !w->grad_from_factors) /* dw (OUT, IN) += dy^T (OUT, B) x (B, IN) */
         k->gemm(true, false, OUT, IN, B, 1.0f, dy, OUT, data(x), IN, 1.0f, grad(w), IN);
     if (n->nsrc == 3 && n->src[2]->requires_grad) k->sum_rows_acc(grad(n->src[2]), dy, B, OUT);
     if (x->requires_grad) /* dx (B, IN) += dy (B, OUT) w (OUT, IN) */

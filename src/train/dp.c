@@ -50,7 +50,8 @@ typedef struct dp {
 
     /* The communication thread and its queue: jobs 0..queued-1 handed over,
      * 0..done-1 finished. */
-    pthread_t thread;
+    pthread_t thread; /* 0 without overlap: the jobs then run on the training thread */
+    bool sync_ready;  /* mu and cv are initialized */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int queued, done;
@@ -117,6 +118,7 @@ static petrel_err make_plan(dp *d) {
                             petrel_sfb_floats(t->ne[0], t->ne[1], d->batch, d->P),
                             petrel_allreduce_floats(t->ne[0], t->ne[1], d->P));
         if (sfb) {
+            t->grad_from_factors = true; /* backward skips it; run_sfb rebuilds it */
             job *j = &d->jobs[d->njobs++];
             *j = (job){.sfb = true, .w = t, .params_total = 1};
             d->job_of_param[i] = (int)(j - d->jobs);
@@ -169,20 +171,24 @@ static petrel_err run_sfb(dp *d, const job *j) {
     return PETREL_OK;
 }
 
+static petrel_err run_job(dp *d, job *j) {
+    j->start_s = petrel_now_s();
+    petrel_err err = j->sfb ? run_sfb(d, j)
+                            : petrel_allreduce(d->comm, petrel_params_grad(d->m->params) + j->off,
+                                               j->len, PETREL_REDUCE_AVG);
+    j->end_s = petrel_now_s();
+    return err;
+}
+
 static void *comm_main(void *arg) {
     dp *d = arg;
-    float *grad = petrel_params_grad(d->m->params);
     pthread_mutex_lock(&d->mu);
     for (;;) {
         while (!d->quit && d->done == d->queued) pthread_cond_wait(&d->cv, &d->mu);
         if (d->quit) break;
         job *j = &d->jobs[d->done];
         pthread_mutex_unlock(&d->mu);
-        j->start_s = petrel_now_s();
-        petrel_err err = j->sfb
-                             ? run_sfb(d, j)
-                             : petrel_allreduce(d->comm, grad + j->off, j->len, PETREL_REDUCE_AVG);
-        j->end_s = petrel_now_s();
+        petrel_err err = run_job(d, j);
         pthread_mutex_lock(&d->mu);
         if (err != PETREL_OK && d->err == PETREL_OK) {
             d->err = err;
@@ -235,15 +241,21 @@ static petrel_err dp_step(dp *d, petrel_optim *opt, float *x, const int32_t *y, 
     petrel_params_zero_grad(m->params);
     petrel_err err = petrel_backward(d->g, l);
     if (err != PETREL_OK) return err;
-    /* Without overlap, or for jobs the hook did not complete, hand everything over now. */
-    for (int i = 0; i < d->njobs; i++) d->jobs[i].params_ready = d->jobs[i].params_total;
-    release_ready_jobs(d);
     double t1 = petrel_now_s();
-    pthread_mutex_lock(&d->mu);
-    while (d->done < d->njobs) pthread_cond_wait(&d->cv, &d->mu);
-    err = d->err;
-    pthread_mutex_unlock(&d->mu);
-    if (err != PETREL_OK) return petrel_error_set(err, "%s", d->errmsg);
+    if (d->cfg.overlap) {
+        /* Jobs the hook did not complete (none, normally) go now; then wait. */
+        for (int i = 0; i < d->njobs; i++) d->jobs[i].params_ready = d->jobs[i].params_total;
+        release_ready_jobs(d);
+        pthread_mutex_lock(&d->mu);
+        while (d->done < d->njobs) pthread_cond_wait(&d->cv, &d->mu);
+        err = d->err;
+        pthread_mutex_unlock(&d->mu);
+        if (err != PETREL_OK) return petrel_error_set(err, "%s", d->errmsg);
+    } else {
+        /* No overlap: no thread to wake either, the jobs run here. */
+        for (int i = 0; i < d->njobs && err == PETREL_OK; i++) err = run_job(d, &d->jobs[i]);
+        if (err != PETREL_OK) return err;
+    }
     double t2 = petrel_now_s();
     petrel_optim_step(opt, petrel_params_data(m->params), petrel_params_grad(m->params));
     *loss = l->data[0];
@@ -276,12 +288,16 @@ static petrel_err common_steps(petrel_comm *comm, int64_t mine, int64_t *out) {
 }
 
 static void dp_fini(dp *d) {
+    for (int i = 0; i < d->njobs; i++)
+        if (d->jobs[i].sfb) ((petrel_tensor *)d->jobs[i].w)->grad_from_factors = false;
     if (d->thread) {
         pthread_mutex_lock(&d->mu);
         d->quit = true;
         pthread_cond_broadcast(&d->cv);
         pthread_mutex_unlock(&d->mu);
         pthread_join(d->thread, NULL);
+    }
+    if (d->sync_ready) {
         pthread_mutex_destroy(&d->mu);
         pthread_cond_destroy(&d->cv);
     }
@@ -329,13 +345,12 @@ petrel_err petrel_train_dp(petrel_model *m, const petrel_dataset *train, const p
     if ((err = petrel_optim_new(&opt, cfg->optim, petrel_params_count(m->params))) != PETREL_OK)
         goto fail;
     if ((err = make_plan(&d)) != PETREL_OK) goto fail;
-    if (dpc.overlap) petrel_graph_on_grad_ready(d.g, on_grad_ready, &d);
     pthread_mutex_init(&d.mu, NULL);
     pthread_cond_init(&d.cv, NULL);
-    if (pthread_create(&d.thread, NULL, comm_main, &d) != 0) {
+    d.sync_ready = true;
+    if (dpc.overlap) petrel_graph_on_grad_ready(d.g, on_grad_ready, &d);
+    if (dpc.overlap && pthread_create(&d.thread, NULL, comm_main, &d) != 0) {
         d.thread = 0;
-        pthread_mutex_destroy(&d.mu);
-        pthread_cond_destroy(&d.cv);
         err = petrel_error_set(PETREL_ERR_NOMEM, "cannot start the communication thread");
         goto fail;
     }

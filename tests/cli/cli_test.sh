@@ -20,7 +20,8 @@ expect_rc "help exits 0" 0 "$petrel" --help
 grep -q "train" "$tmp/out" && ok "help lists train" || fail "help lists train" "no 'train' in help"
 expect_rc "train help exits 0" 0 "$petrel" train --help
 for flag in --model --hidden --data --test --epochs --batch --optimizer --lr --weight-decay \
-            --threads --seed --out --max-steps --kernels --progress --no-progress --quiet --help; do
+            --threads --seed --out --max-steps --kernels --progress --no-progress --quiet --help \
+            --workers --comm --bucket-kb --overlap --no-overlap; do
     grep -q -- "$flag" "$tmp/out" || fail "train help lists $flag" "missing"
 done
 grep -q "\[mlp\]" "$tmp/out" && grep -q "\[64\]" "$tmp/out" && ok "train help shows defaults" ||

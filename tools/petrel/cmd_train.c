@@ -39,7 +39,9 @@ static void train_usage(FILE *f) {
                "  --comm NAME         allreduce | sfb | hybrid: how gradients are combined\n"
                "                      [allreduce]\n"
                "  --bucket-kb N       gradient bucket (fusion) size in KiB [256]\n"
-               "  --no-overlap        reduce only after the whole backward\n"
+               "  --overlap           reduce buckets on a communication thread during backward\n"
+               "  --no-overlap        reduce after backward, on the training thread\n"
+               "                      [overlap when the machine has more cores than workers]\n"
                "  --progress          always draw the progress line [only on a terminal]\n"
                "  --no-progress       never draw it\n"
                "  -q, --quiet         no per-epoch lines on stderr\n"
@@ -117,7 +119,8 @@ int cmd_train(int argc, char **argv) {
         OPT_WORKERS,
         OPT_COMM,
         OPT_BUCKET,
-        OPT_NO_OVERLAP
+        OPT_NO_OVERLAP,
+        OPT_OVERLAP
     };
     static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
                                              {"hidden", required_argument, 0, OPT_HIDDEN},
@@ -139,6 +142,7 @@ int cmd_train(int argc, char **argv) {
                                              {"comm", required_argument, 0, OPT_COMM},
                                              {"bucket-kb", required_argument, 0, OPT_BUCKET},
                                              {"no-overlap", no_argument, 0, OPT_NO_OVERLAP},
+                                             {"overlap", no_argument, 0, OPT_OVERLAP},
                                              {"quiet", no_argument, 0, 'q'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
@@ -147,7 +151,7 @@ int cmd_train(int argc, char **argv) {
     const char *data = "fashion-mnist", *test_path = NULL, *out = NULL;
     petrel_optim_kind kind = PETREL_OPTIM_SGD;
     petrel_dp_config dp = petrel_dp_config_default();
-    int workers = 1;
+    int workers = 1, overlap = -1; /* -1: by the core count */
     float lr = 0, wd = 0;
     int64_t v;
     int c;
@@ -231,7 +235,10 @@ int cmd_train(int argc, char **argv) {
             dp.bucket_bytes = (size_t)v << 10;
             break;
         case OPT_NO_OVERLAP:
-            dp.overlap = false;
+            overlap = 0;
+            break;
+        case OPT_OVERLAP:
+            overlap = 1;
             break;
         case OPT_PROGRESS:
             cfg.progress = 1;
@@ -297,6 +304,9 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
         if (petrel_comm_rank(comm) != 0) cfg.quiet = true, cfg.progress = 0;
+        /* A communication thread overlaps only if it has a core of its own; on a machine
+         * the workers fill, waking it costs more than the overlap saves. */
+        dp.overlap = overlap >= 0 ? overlap : petrel_cpu_count() > petrel_comm_size(comm);
         err = petrel_train_dp(model, train, test, &cfg, comm, dp, &r);
     } else {
         err = petrel_train(model, train, test, &cfg, &r);
