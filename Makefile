@@ -36,11 +36,17 @@ test-tsan: deps
 	cmake --build build-tsan -j$(JOBS)
 	@scripts/run-tests.sh build-tsan -L "unit|net"
 
+# Configures again after deps.sh --bench: CMake then finds the MPI it may just have
+# installed, and builds bench/mpi_allreduce.c for petrel bench allreduce.
 bench: deps build
 	@scripts/deps.sh --bench
+	cmake -S . -B $(BUILD) >/dev/null
+	cmake --build $(BUILD) -j$(JOBS)
 	./$(BUILD)/bench_gemm
 	./$(BUILD)/bench_train
 	./$(BUILD)/petrel bench net
+	./$(BUILD)/petrel bench allreduce
+	./$(BUILD)/petrel bench dp
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

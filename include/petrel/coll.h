@@ -69,7 +69,9 @@ typedef struct petrel_comm petrel_comm;
 /* A communicator over ranks[0..n) (distinct ranks of net, in the order that defines
  * the ring), which must include this node. comm_id (0..65535) distinguishes
  * communicators that share a net; every member passes the same ranks and id.
- * Creating one does not communicate. */
+ * Creating one does not communicate. PETREL_ERR_INVALID for a rank out of range or
+ * listed twice, ranks without this node, comm_id > 65535, timeout_ms <= 0, or
+ * chunk_bytes outside 64 B .. 256 MiB (it must also fit the net's message limit). */
 PETREL_NODISCARD petrel_err petrel_comm_new(petrel_comm **out, petrel_net *net, const int *ranks,
                                             int n, uint32_t comm_id, petrel_comm_config cfg);
 void petrel_comm_free(petrel_comm *c);
@@ -77,6 +79,17 @@ void petrel_comm_free(petrel_comm *c);
 /* This node's index in the communicator, and the number of members. */
 int petrel_comm_rank(const petrel_comm *c);
 int petrel_comm_size(const petrel_comm *c);
+
+/* Errors of the calls below (the message names the members involved):
+ *   PETREL_ERR_STATE    a member made another call (kind, count, reduction, root, or
+ *                       algorithm, float16 wire or chunk_bytes differ), or reported so;
+ *   PETREL_ERR_TIMEOUT  a member sent nothing within timeout_ms of the call's start;
+ *   PETREL_ERR_IO       a member is dead or has left the job;
+ *   PETREL_ERR_INVALID  a bad argument on this member (the call does not count).
+ * Every member that depends on the failing one fails too, within milliseconds; the
+ * communicator stays usable for the next call. With float16 on the wire, results are
+ * the same on every member (a member keeps the rounded values the others receive);
+ * a one-member communicator rounds nothing. */
 
 /* data (n) = op over members of data (n), in place, on every member. */
 PETREL_NODISCARD petrel_err petrel_allreduce(petrel_comm *c, float *data, size_t n,
@@ -90,7 +103,8 @@ PETREL_NODISCARD petrel_err petrel_broadcast(petrel_comm *c, float *data, size_t
 PETREL_NODISCARD petrel_err petrel_allgather(petrel_comm *c, const float *send, size_t n,
                                              float *recv);
 
-/* recv (n) = op over members of block `rank` of send (size * n). */
+/* recv (n) = op over members of block `rank` of send (size * n). recv must not
+ * overlap send. */
 PETREL_NODISCARD petrel_err petrel_reduce_scatter(petrel_comm *c, const float *send, size_t n,
                                                   float *recv, petrel_reduce_op op);
 

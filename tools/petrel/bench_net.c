@@ -8,9 +8,9 @@
  *   socket   a plain blocking TCP socket pair with TCP_NODELAY: write and read loops
  *   memcpy   one thread of this process copying a message-sized buffer into another,
  *            over and over (the same caches as the transports see)
- * The parent plays the launcher (the coordinator's listening socket is made here and
- * passed to rank 0, as tests/net/test_cluster_net.c does), gives each pair a deadline,
- * and kills both processes when one fails or the deadline passes.
+ * The parent plays the launcher (bench_harness.c: the coordinator's listening socket is
+ * made here and passed to rank 0), gives each pair a deadline, and kills both
+ * processes when one fails or the deadline passes.
  *
  * Cases, measured by rank 0 (socket: the accepting side):
  *   rtt SIZE   ping-pong: send SIZE bytes, the peer receives them and sends SIZE bytes
@@ -28,7 +28,6 @@
 #include "bench.h"
 #include "cli.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -40,10 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_RTT 2
@@ -101,16 +97,6 @@ static void side_error(side_result *s, const char *fmt, ...) {
 
 static double now_s(void) {
     return (double)petrel_now_ns() * 1e-9;
-}
-
-static const char *size_name(size_t bytes, char *buf, size_t len) {
-    if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
-        snprintf(buf, len, "%zu MiB", bytes >> 20);
-    else if (bytes >= 1024 && bytes % 1024 == 0)
-        snprintf(buf, len, "%zu KiB", bytes >> 10);
-    else
-        snprintf(buf, len, "%zu B", bytes);
-    return buf;
 }
 
 /* ---- endpoints: a petrel node or a socket, seen the same way by the cases --------- */
@@ -335,86 +321,43 @@ static int socket_main(int side, const plan *p, const pair_env *env, side_result
 
 /* ---- the parent ------------------------------------------------------------------------- */
 
-static bool make_listener(pair_env *env) {
-    env->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (env->listen_fd < 0 || bind(env->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        listen(env->listen_fd, 16) != 0 ||
-        getsockname(env->listen_fd, (struct sockaddr *)&a, &len) != 0) {
-        if (env->listen_fd >= 0) close(env->listen_fd);
-        return false;
-    }
-    snprintf(env->addr, sizeof env->addr, "127.0.0.1:%d", ntohs(a.sin_port));
-    return true;
+typedef struct pair_ctx {
+    pair_kind kind;
+    const plan *p;
+    const pair_env *env;
+    side_result *res;
+} pair_ctx;
+
+static int pair_main(int side, void *arg) {
+    const pair_ctx *c = arg;
+    if (side == 1 && c->kind != PAIR_SOCKET) close(c->env->listen_fd);
+    return c->kind == PAIR_SOCKET ? socket_main(side, c->p, c->env, &c->res[side])
+                                  : node_main(c->kind, side, c->p, c->env, &c->res[side]);
 }
 
-/* Forks the two sides of kind, waits for both up to the plan's deadline, and kills
- * both when one fails or time runs out. True when both measured. */
+/* Forks the two sides of kind (bench_procs_run), waits for both up to the plan's
+ * deadline, and kills both when one fails or time runs out. True when both measured. */
 static bool run_pair(pair_kind kind, const plan *p, side_result res[2]) {
     pair_env env;
-    if (!make_listener(&env)) {
+    if (!bench_listen(&env.listen_fd, env.addr, sizeof env.addr)) {
         side_error(&res[0], "listen on 127.0.0.1: %s", strerror(errno));
         return false;
     }
     snprintf(env.job_id, sizeof env.job_id, "bench-%d-%s", (int)getpid(), pair_name[kind]);
-    pid_t parent = getpid(), pid[2] = {-1, -1};
-    fflush(stdout);
-    fflush(stderr);
-    for (int s = 0; s < 2; s++) {
-        pid[s] = fork();
-        if (pid[s] < 0) {
-            side_error(&res[s], "fork: %s", strerror(errno));
-            break;
-        }
-        if (pid[s] == 0) {
-            /* Dies with the parent, whatever kills it. */
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (getppid() != parent) _exit(1);
-            if (s == 1 && kind != PAIR_SOCKET) close(env.listen_fd);
-            int rc = kind == PAIR_SOCKET ? socket_main(s, p, &env, &res[s])
-                                         : node_main(kind, s, p, &env, &res[s]);
-            _exit(rc);
-        }
-    }
+    pair_ctx ctx = {kind, p, &env, res};
+    bench_exit ex[2];
+    bool late;
+    bool ok = bench_procs_run(2, pair_main, &ctx, p->pair_s, ex, &late);
     close(env.listen_fd);
-    uint64_t deadline = petrel_now_ns() + (uint64_t)p->pair_s * 1000000000u;
-    int status[2] = {0, 0};
-    bool exited[2] = {pid[0] < 0, pid[1] < 0}, failed = pid[0] < 0 || pid[1] < 0;
-    while (!(exited[0] && exited[1])) {
-        for (int s = 0; s < 2; s++) {
-            if (exited[s]) continue;
-            pid_t got = waitpid(pid[s], &status[s], WNOHANG);
-            if (got == pid[s] || (got < 0 && errno != EINTR)) {
-                exited[s] = true;
-                if (got < 0 || !WIFEXITED(status[s]) || WEXITSTATUS(status[s]) != 0) failed = true;
-                if (got == pid[s] && WIFSIGNALED(status[s]))
-                    side_error(&res[s], "killed by signal %d", WTERMSIG(status[s]));
-            }
-        }
-        bool late = petrel_now_ns() >= deadline;
-        if (late && !failed)
-            side_error(&res[0], "the %s pair did not finish within %d s", pair_name[kind],
-                       p->pair_s);
-        if (failed || late) { /* never leave a process behind */
-            for (int s = 0; s < 2; s++)
-                if (!exited[s]) {
-                    kill(pid[s], SIGKILL);
-                    waitpid(pid[s], NULL, 0);
-                    exited[s] = true;
-                }
-            failed = true;
-        }
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
+    for (int s = 0; s < 2; s++) {
+        if (ex[s].signal && !ex[s].stopped)
+            side_error(&res[s], "killed by signal %d", ex[s].signal);
+        if (ex[s].code < 0 && !ex[s].signal) side_error(&res[s], "could not be started (fork)");
     }
-    if (failed && kind != PAIR_SOCKET) /* a killed node leaves its inbox behind */
-        for (int r = 0; r < 2; r++) {
-            char name[128];
-            snprintf(name, sizeof name, "/petrel-%s-%d", env.job_id, r);
-            shm_unlink(name);
-        }
-    return !failed && res[0].ok && res[1].ok;
+    if (late)
+        side_error(&res[0], "the %s pair did not finish within %d s", pair_name[kind], p->pair_s);
+    if (!ok && kind != PAIR_SOCKET) bench_shm_cleanup(env.job_id, 2); /* a killed node's inbox */
+    return ok && res[0].ok && res[1].ok;
 }
 
 /* One thread copying: for each size, one message-sized buffer into another, over and
@@ -432,18 +375,10 @@ static void measure_memcpy(const plan *p, double *gbs, double *dram_gbs) {
     memset(src, 1, n);
     memset(dst, 2, n);
     for (int i = 0; i < p->n_bw; i++) {
-        size_t len = p->bw_size[i] < n ? p->bw_size[i] : n, k = bw_msgs(p, len);
-        double t0 = now_s();
-        for (size_t m = 0; m < k; m++) {
-            memcpy(dst, src, len);
-            __asm__ __volatile__("" : : "r"(dst) : "memory"); /* every copy happens */
-        }
-        gbs[i] = (double)(k * len) / (now_s() - t0) * 1e-9;
+        size_t len = p->bw_size[i] < n ? p->bw_size[i] : n;
+        gbs[i] = bench_memcpy_gbs(dst, src, len, bw_msgs(p, len));
     }
-    double t0 = now_s();
-    memcpy(dst, src, n);
-    __asm__ __volatile__("" : : "r"(dst) : "memory");
-    *dram_gbs = (double)n / (now_s() - t0) * 1e-9;
+    *dram_gbs = bench_memcpy_gbs(dst, src, n, 1);
     petrel_free(src);
     petrel_free(dst);
 }
@@ -492,7 +427,7 @@ static void print_results(const plan *p, const results *r) {
     const bool *ok = r->ok;
     char line[512], name[32];
     for (int i = 0; i < p->n_rtt; i++) {
-        snprintf(line, sizeof line, "rtt %-7s", size_name(p->rtt_size[i], name, sizeof name));
+        snprintf(line, sizeof line, "rtt %-7s", bench_size_name(p->rtt_size[i], name, sizeof name));
         for (int k = 0; k < PAIR_COUNT; k++)
             put_figure(line, sizeof line, r, k, r->rtt[k][i], "us");
         if (ok[PAIR_TCP] && ok[PAIR_SOCKET])
@@ -504,7 +439,7 @@ static void print_results(const plan *p, const results *r) {
     }
     for (int i = 0; i < p->n_bw; i++) {
         double mc = r->bw[PAIR_COUNT][i];
-        snprintf(line, sizeof line, "bw  %-7s", size_name(p->bw_size[i], name, sizeof name));
+        snprintf(line, sizeof line, "bw  %-7s", bench_size_name(p->bw_size[i], name, sizeof name));
         for (int k = 0; k <= PAIR_COUNT; k++)
             put_figure(line, sizeof line, r, k, r->bw[k][i], "GB/s");
         if (ok[PAIR_SHM] && ok[PAIR_TCP])
@@ -539,7 +474,7 @@ static void print_targets(const plan *p, const results *r) {
         if (at >= 0)
             printf("target shm >= 2x tcp bandwidth at 1 MiB and above: %s (lowest %.2fx, at %s)\n",
                    worst >= 2 ? "met" : "MISSED", worst,
-                   size_name(p->bw_size[at], name, sizeof name));
+                   bench_size_name(p->bw_size[at], name, sizeof name));
     }
     if (ok[PAIR_SHM] && rtt4k >= 0)
         printf("target shm 4 KiB round trip < 10 us: %s (%.1f us)\n",
@@ -552,7 +487,7 @@ static void print_targets(const plan *p, const results *r) {
         if (p->n_bw > 0)
             printf("target tcp >= 90%% of socket bandwidth: %s (lowest %.0f%%, at %s)\n",
                    worst >= 0.9 ? "met" : "MISSED", 100 * worst,
-                   size_name(p->bw_size[at], name, sizeof name));
+                   bench_size_name(p->bw_size[at], name, sizeof name));
         if (rtt4k >= 0) {
             double q = r->rtt[PAIR_TCP][rtt4k] / r->rtt[PAIR_SOCKET][rtt4k];
             printf("target tcp 4 KiB round trip within 1.5x of socket: %s (%.2fx)\n",

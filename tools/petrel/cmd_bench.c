@@ -14,6 +14,10 @@ static void bench_usage(FILE *f) {
                "subjects:\n"
                "  net        TCP and shared-memory transports between two processes, against a\n"
                "             plain TCP socket and memcpy: round trips and streaming bandwidth\n"
+               "  allreduce  petrel_allreduce between 2 and 4 processes against Open MPI's\n"
+               "             MPI_Allreduce and memcpy: time, algorithm and bus bandwidth\n"
+               "  dp         data-parallel training (petrel train --workers 2, each --comm)\n"
+               "             against one petrel process and PyTorch DDP: samples/s, accuracy\n"
                "\n"
                "options:\n"
                "  -h, --help     show this help\n");
@@ -30,5 +34,7 @@ int cmd_bench(int argc, char **argv) {
         return CLI_OK;
     }
     if (strcmp(sub, "net") == 0) return bench_net(argc - 1, argv + 1);
+    if (strcmp(sub, "allreduce") == 0) return bench_allreduce(argc - 1, argv + 1);
+    if (strcmp(sub, "dp") == 0) return bench_dp(argc - 1, argv + 1);
     return cli_usage_error("bench ", "unknown benchmark '%s'", sub);
 }

@@ -1,0 +1,288 @@
+/* The collectives in real jobs: 2, 3 and 4 processes on 127.0.0.1 over TCP, and over
+ * shared memory (PETREL_TRANSPORT_AUTO on one host). Each node checks every result
+ * exactly: the inputs are small integers, so that every sum is exact in float32 and
+ * in float16. Then a node is killed with SIGKILL in the middle of a stream of large
+ * allreduces, and the others must fail at once with an error that names it. The
+ * parent plays the launcher: it makes the coordinator's listening socket. */
+#include "check.h"
+#include "petrel/coll.h"
+
+#include <stdatomic.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { EXIT_OK = 0, EXIT_FAIL = 10, EXIT_SAW_DEATH = 20 };
+
+typedef struct scenario {
+    const char *name;
+    int size;
+    petrel_transport_kind transport;
+    int victim; /* rank killed mid-allreduce, or -1 */
+} scenario;
+
+typedef struct shared {
+    _Atomic uint64_t kill_ns;  /* when the parent sent SIGKILL */
+    _Atomic int iterations[8]; /* allreduces each node has finished */
+} shared;
+
+static int listen_fd = -1;
+static shared *sh;
+static char coordinator[64];
+static char job_id[64];
+
+static void make_listener(void) {
+    listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (bind(listen_fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(listen_fd, 64) != 0 ||
+        getsockname(listen_fd, (struct sockaddr *)&a, &len) != 0)
+        abort();
+    snprintf(coordinator, sizeof coordinator, "127.0.0.1:%d", ntohs(a.sin_port));
+}
+
+static petrel_net *join(const scenario *s, int rank) {
+    petrel_net_config cfg = petrel_net_config_default();
+    cfg.rank = rank;
+    cfg.size = s->size;
+    cfg.servers = 0;
+    cfg.transport = s->transport;
+    cfg.coordinator = coordinator;
+    cfg.coordinator_fd = rank == 0 ? listen_fd : -1;
+    cfg.token = "coll-token";
+    cfg.job_id = job_id;
+    cfg.heartbeat_ms = 50;
+    cfg.peer_timeout_ms = 1000;
+    cfg.connect_timeout_ms = 10000;
+    petrel_net *net = NULL;
+    if (petrel_net_start(&net, &cfg) != PETREL_OK) {
+        fprintf(stderr, "rank %d: start: %s\n", rank, petrel_errmsg());
+        return NULL;
+    }
+    return net;
+}
+
+/* Member r's element i: an integer in -500 .. 500. Sums of 4 stay within 2048, so
+ * float16 holds them exactly too. */
+static float value(int r, size_t i, unsigned salt) {
+    return (float)((int)((i * 7 + (size_t)r * 13 + salt) % 1001) - 500);
+}
+
+static double expected(int P, size_t i, unsigned salt, petrel_reduce_op op) {
+    double acc = op == PETREL_REDUCE_MAX ? -1e9 : 0;
+    for (int r = 0; r < P; r++) {
+        double v = value(r, i, salt);
+        acc = op == PETREL_REDUCE_MAX ? (v > acc ? v : acc) : acc + v;
+    }
+    return op == PETREL_REDUCE_AVG ? (float)acc / (float)P : acc;
+}
+
+static bool report(int r, const char *what, size_t n, const char *why) {
+    fprintf(stderr, "rank %d: %s of %zu: %s\n", r, what, n, why);
+    return false;
+}
+
+static bool check_allreduce(petrel_comm *c, float *x, size_t n, petrel_reduce_op op,
+                            unsigned salt) {
+    int r = petrel_comm_rank(c), P = petrel_comm_size(c);
+    for (size_t i = 0; i < n; i++) x[i] = value(r, i, salt);
+    if (petrel_allreduce(c, x, n, op) != PETREL_OK)
+        return report(r, "allreduce", n, petrel_errmsg());
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != (float)expected(P, i, salt, op)) {
+            char why[128];
+            snprintf(why, sizeof why, "x[%zu] = %g, expected %g", i, (double)x[i],
+                     expected(P, i, salt, op));
+            return report(r, "allreduce", n, why);
+        }
+    return true;
+}
+
+static bool collectives(petrel_net *net, const scenario *s) {
+    int r = petrel_net_rank(net), P = s->size, ranks[8];
+    for (int i = 0; i < P; i++) ranks[i] = i;
+    size_t big = (size_t)4 << 20; /* 16 MiB */
+    float *x = malloc(big * sizeof *x), *y = malloc((size_t)P * 100003 * sizeof *y);
+    bool ok = x && y;
+    petrel_comm_config cfg = petrel_comm_config_default();
+    cfg.timeout_ms = 10000;
+    petrel_comm *c = NULL, *ring = NULL, *rd = NULL, *half = NULL;
+    ok = ok && petrel_comm_new(&c, net, ranks, P, 1, cfg) == PETREL_OK;
+    cfg.algo = PETREL_ALGO_RING;
+    ok = ok && petrel_comm_new(&ring, net, ranks, P, 2, cfg) == PETREL_OK;
+    cfg.algo = PETREL_ALGO_RECURSIVE_DOUBLING;
+    ok = ok && petrel_comm_new(&rd, net, ranks, P, 3, cfg) == PETREL_OK;
+    cfg.algo = PETREL_ALGO_AUTO;
+    cfg.fp16_wire = true;
+    ok = ok && petrel_comm_new(&half, net, ranks, P, 4, cfg) == PETREL_OK;
+    const size_t sizes[] = {0, 1, 3, 1000, 100003};
+    for (size_t k = 0; ok && k < sizeof sizes / sizeof sizes[0]; k++)
+        for (int op = 0; ok && op < PETREL_REDUCE_COUNT; op++) {
+            ok = check_allreduce(c, x, sizes[k], (petrel_reduce_op)op, (unsigned)k);
+            ok = ok && check_allreduce(ring, x, sizes[k], (petrel_reduce_op)op, (unsigned)k + 1);
+            ok = ok && check_allreduce(rd, x, sizes[k], (petrel_reduce_op)op, (unsigned)k + 2);
+            /* float16: an average is rounded, a sum of these is not */
+            if (op != PETREL_REDUCE_AVG)
+                ok =
+                    ok && check_allreduce(half, x, sizes[k], (petrel_reduce_op)op, (unsigned)k + 3);
+        }
+    ok = ok && check_allreduce(c, x, big, PETREL_REDUCE_SUM, 5);      /* the ring */
+    ok = ok && check_allreduce(half, x, big, PETREL_REDUCE_SUM, 6);   /* in float16 */
+    ok = ok && check_allreduce(rd, x, big / 4, PETREL_REDUCE_MAX, 7); /* 4 MiB */
+    /* broadcast from the last member */
+    size_t n = 100003;
+    if (ok) {
+        for (size_t i = 0; i < n; i++) x[i] = r == P - 1 ? value(r, i, 8) : 0;
+        ok = petrel_broadcast(c, x, n, P - 1) == PETREL_OK;
+        for (size_t i = 0; ok && i < n; i++)
+            if (x[i] != value(P - 1, i, 8)) ok = report(r, "broadcast", n, "wrong value");
+        if (!ok) report(r, "broadcast", n, petrel_errmsg());
+    }
+    /* allgather in place, reduce-scatter */
+    if (ok) {
+        for (size_t i = 0; i < n; i++) y[(size_t)r * n + i] = value(r, i, 9);
+        ok = petrel_allgather(c, y + (size_t)r * n, n, y) == PETREL_OK;
+        for (size_t i = 0; ok && i < (size_t)P * n; i++)
+            if (y[i] != value((int)(i / n), i % n, 9))
+                ok = report(r, "allgather", n, "wrong value");
+    }
+    if (ok) {
+        for (size_t i = 0; i < (size_t)P * n; i++) y[i] = value(r, i, 10);
+        ok = petrel_reduce_scatter(c, y, n, x, PETREL_REDUCE_SUM) == PETREL_OK;
+        for (size_t i = 0; ok && i < n; i++)
+            if (x[i] != (float)expected(P, (size_t)r * n + i, 10, PETREL_REDUCE_SUM))
+                ok = report(r, "reduce_scatter", n, "wrong value");
+    }
+    ok = ok && petrel_comm_barrier(c) == PETREL_OK;
+    if (ok && s->transport == PETREL_TRANSPORT_AUTO)
+        for (int p = 0; p < P; p++)
+            if (p != r && strcmp(petrel_net_link(net, p), "shm") != 0)
+                ok = report(r, "link", 0, "not shared memory");
+    petrel_comm_free(half);
+    petrel_comm_free(rd);
+    petrel_comm_free(ring);
+    petrel_comm_free(c);
+    free(y);
+    free(x);
+    return ok;
+}
+
+/* Large allreduces until one fails; the parent kills the victim meanwhile. */
+static int survive(petrel_net *net, const scenario *s) {
+    int r = petrel_net_rank(net), P = s->size, ranks[8];
+    for (int i = 0; i < P; i++) ranks[i] = i;
+    petrel_comm_config cfg = petrel_comm_config_default();
+    cfg.timeout_ms = 10000;
+    petrel_comm *c = NULL;
+    if (petrel_comm_new(&c, net, ranks, P, 1, cfg) != PETREL_OK) return EXIT_FAIL;
+    size_t n = (size_t)4 << 20;
+    float *x = calloc(n, sizeof *x);
+    petrel_err err = PETREL_OK;
+    for (int k = 0; k < 10000 && err == PETREL_OK; k++) {
+        err = petrel_allreduce(c, x, n, PETREL_REDUCE_SUM);
+        if (err == PETREL_OK) atomic_fetch_add(&sh->iterations[r], 1);
+    }
+    uint64_t seen = petrel_now_ns(), killed = atomic_load(&sh->kill_ns);
+    double after_ms = killed ? (double)(seen - killed) * 1e-6 : -1;
+    char victim[32];
+    snprintf(victim, sizeof victim, "rank %d", s->victim);
+    bool named = strstr(petrel_errmsg(), victim) != NULL;
+    printf("# rank %d: %s %.0f ms after the kill: %s\n", r, petrel_strerror(err), after_ms,
+           petrel_errmsg());
+    fflush(stdout);
+    free(x);
+    petrel_comm_free(c);
+    return err == PETREL_ERR_IO && named && after_ms >= 0 && after_ms < 1000 ? EXIT_SAW_DEATH
+                                                                             : EXIT_FAIL;
+}
+
+static int node_main(const scenario *s, int rank) {
+    petrel_net *net = join(s, rank);
+    if (!net) return EXIT_FAIL;
+    int rc;
+    if (s->victim < 0) {
+        rc = collectives(net, s) ? EXIT_OK : EXIT_FAIL;
+        if (petrel_net_barrier(net, 10000) != PETREL_OK) rc = EXIT_FAIL;
+    } else {
+        rc = survive(net, s); /* the victim dies inside */
+    }
+    petrel_net_stop(net);
+    return rc;
+}
+
+static void run(const scenario *s) {
+    make_listener();
+    snprintf(job_id, sizeof job_id, "c%d-%llx-%s", (int)getpid(),
+             (unsigned long long)(petrel_now_ns() & 0xffffffffffull), s->name);
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[8];
+    for (int r = 0; r < s->size; r++) {
+        pids[r] = fork();
+        if (pids[r] == 0) _exit(node_main(s, r));
+    }
+    close(listen_fd);
+    uint64_t deadline = petrel_now_ns() + 20000000000ull;
+    if (s->victim >= 0) {
+        /* a couple of allreduces done: the next is under way */
+        while (atomic_load(&sh->iterations[0]) < 2 && petrel_now_ns() < deadline) usleep(1000);
+        usleep(3000);
+        atomic_store(&sh->kill_ns, petrel_now_ns());
+        kill(pids[s->victim], SIGKILL);
+    }
+    for (int r = 0; r < s->size; r++) {
+        int status = 0;
+        pid_t got;
+        while ((got = waitpid(pids[r], &status, WNOHANG)) == 0 && petrel_now_ns() < deadline)
+            usleep(10000);
+        if (got == 0) { /* a hang is a failure: never leave it running */
+            kill(pids[r], SIGKILL);
+            waitpid(pids[r], &status, 0);
+            printf("# %s: rank %d hung\n", s->name, r);
+            CHECK(!"a node hung");
+            continue;
+        }
+        if (r == s->victim) {
+            CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+            continue;
+        }
+        int want = s->victim >= 0 ? EXIT_SAW_DEATH : EXIT_OK;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != want)
+            printf("# %s: rank %d ended with status %d, expected exit %d\n", s->name, r,
+                   WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status), want);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == want);
+    }
+}
+
+static void test_tcp(void) {
+    for (int P = 2; P <= 4; P++) {
+        scenario s = {"tcp", P, PETREL_TRANSPORT_TCP, -1};
+        run(&s);
+    }
+}
+
+static void test_shm(void) {
+    for (int P = 2; P <= 4; P++) {
+        scenario s = {"shm", P, PETREL_TRANSPORT_AUTO, -1};
+        run(&s);
+    }
+}
+
+static void test_sigkill_mid_allreduce(void) {
+    scenario s = {"kill", 4, PETREL_TRANSPORT_AUTO, 2};
+    run(&s);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) return 1;
+    RUN(test_tcp);
+    RUN(test_shm);
+    RUN(test_sigkill_mid_allreduce);
+    return CHECK_DONE();
+}
