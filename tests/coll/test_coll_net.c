@@ -259,14 +259,14 @@ static void run(const scenario *s) {
 }
 
 static void test_tcp(void) {
-    for (int P = 2; P <= 4; P++) {
+    for (int P = 1; P <= 5; P++) {
         scenario s = {"tcp", P, PETREL_TRANSPORT_TCP, -1};
         run(&s);
     }
 }
 
 static void test_shm(void) {
-    for (int P = 2; P <= 4; P++) {
+    for (int P = 1; P <= 5; P++) {
         scenario s = {"shm", P, PETREL_TRANSPORT_AUTO, -1};
         run(&s);
     }
