@@ -29,10 +29,8 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
-import gzip  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
-import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -41,29 +39,8 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-
-def read_idx(path, magic):
-    """An IDX file (optionally gzip) as (dims, bytes)."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    if buf[:2] == b"\x1f\x8b":
-        buf = gzip.decompress(buf)
-    (m,) = struct.unpack_from(">I", buf, 0)
-    if m != magic:
-        sys.exit(f"{path}: magic {m:#x}, expected {magic:#x}")
-    ndim = m & 0xFF
-    dims = struct.unpack_from(">%dI" % ndim, buf, 4)
-    return dims, buf[4 + 4 * ndim:]
-
-
-def load(data_dir, split):
-    dims, pix = read_idx(f"{data_dir}/{split}-images-idx3-ubyte.gz", 0x803)
-    _, lab = read_idx(f"{data_dir}/{split}-labels-idx1-ubyte.gz", 0x801)
-    n = dims[0]
-    x = torch.frombuffer(bytearray(pix), dtype=torch.uint8).reshape(n, dims[1] * dims[2])
-    x = x.to(torch.float32) / 255.0
-    y = torch.frombuffer(bytearray(lab), dtype=torch.uint8).to(torch.int64)
-    return x.contiguous(), y
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_train import load  # noqa: E402  the same data loading as bench_train's reference
 
 
 def worker(rank, args, port):

@@ -44,9 +44,10 @@ def read_idx(path, magic):
     return dims, buf[4 + 4 * ndim:]
 
 
-def load(data_dir):
-    dims, pix = read_idx(f"{data_dir}/train-images-idx3-ubyte.gz", 0x803)
-    _, lab = read_idx(f"{data_dir}/train-labels-idx1-ubyte.gz", 0x801)
+def load(data_dir, split="train"):
+    """Fashion-MNIST's split ("train" or "t10k") as float32 pixels / 255 and int64 labels."""
+    dims, pix = read_idx(f"{data_dir}/{split}-images-idx3-ubyte.gz", 0x803)
+    _, lab = read_idx(f"{data_dir}/{split}-labels-idx1-ubyte.gz", 0x801)
     n = dims[0]
     x = torch.frombuffer(bytearray(pix), dtype=torch.uint8).reshape(n, dims[1] * dims[2])
     x = x.to(torch.float32) / 255.0

@@ -451,27 +451,9 @@ petrel_err petrel_train_dp(petrel_model *m, const petrel_dataset *train, const p
     }
     r.steps = steps;
     r.samples_per_sec = train_s > 0 ? (double)samples / train_s : 0;
-    if (rank == 0 && cfg->out_dir) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/model.ckpt", cfg->out_dir);
-        if ((err = petrel_checkpoint_save(m->params, m->meta, path)) != PETREL_OK) goto fail;
-    }
-    r.wall_s = petrel_now_s() - t_start;
-    r.peak_rss_mb = petrel_peak_rss_mb();
-    if (mf) {
-        petrel_metrics_begin(mf, "final");
-        petrel_metrics_str(mf, "model", m->name);
-        petrel_metrics_int(mf, "workers", P);
-        petrel_metrics_int(mf, "epochs", r.epochs);
-        petrel_metrics_int(mf, "steps", r.steps);
-        petrel_metrics_num(mf, "train_loss", r.train_loss);
-        petrel_metrics_num(mf, "test_loss", r.test_loss);
-        petrel_metrics_num(mf, "test_accuracy", r.test_accuracy);
-        petrel_metrics_num(mf, "samples_per_sec", r.samples_per_sec);
-        petrel_metrics_num(mf, "wall_s", r.wall_s);
-        petrel_metrics_num(mf, "peak_rss_mb", r.peak_rss_mb);
-        if ((err = petrel_metrics_end(mf)) != PETREL_OK) goto fail;
-    }
+    if ((err = petreli_finish_run(m, rank == 0 ? cfg->out_dir : NULL, mf, P, t_start, &r)) !=
+        PETREL_OK)
+        goto fail;
     if (result) *result = r;
 fail:
     dp_fini(&d);

@@ -13,4 +13,9 @@ petrel_err petreli_check_fit(const petrel_model *m, const petrel_dataset *d, con
 petrel_err petreli_evaluate_shard(petrel_model *m, const petrel_dataset *d, int64_t batch, int rank,
                                   int size, double *hits, double *loss_sum, double *count);
 
+/* The end of a run: saves out_dir/model.ckpt (when out_dir is set), fills r's wall
+ * time and peak memory, and writes the "final" event (when mf is set). */
+petrel_err petreli_finish_run(petrel_model *m, const char *out_dir, petrel_metrics *mf, int workers,
+                              double t_start, petrel_train_result *r);
+
 #endif

@@ -118,6 +118,31 @@ petrel_err petrel_evaluate(petrel_model *m, const petrel_dataset *d, int64_t bat
     return PETREL_OK;
 }
 
+petrel_err petreli_finish_run(petrel_model *m, const char *out_dir, petrel_metrics *mf, int workers,
+                              double t_start, petrel_train_result *r) {
+    if (out_dir) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/model.ckpt", out_dir);
+        petrel_err err = petrel_checkpoint_save(m->params, m->meta, path);
+        if (err != PETREL_OK) return err;
+    }
+    r->wall_s = petrel_now_s() - t_start;
+    r->peak_rss_mb = petrel_peak_rss_mb();
+    if (!mf) return PETREL_OK;
+    petrel_metrics_begin(mf, "final");
+    petrel_metrics_str(mf, "model", m->name);
+    petrel_metrics_int(mf, "workers", workers);
+    petrel_metrics_int(mf, "epochs", r->epochs);
+    petrel_metrics_int(mf, "steps", r->steps);
+    petrel_metrics_num(mf, "train_loss", r->train_loss);
+    petrel_metrics_num(mf, "test_loss", r->test_loss);
+    petrel_metrics_num(mf, "test_accuracy", r->test_accuracy);
+    petrel_metrics_num(mf, "samples_per_sec", r->samples_per_sec);
+    petrel_metrics_num(mf, "wall_s", r->wall_s);
+    petrel_metrics_num(mf, "peak_rss_mb", r->peak_rss_mb);
+    return petrel_metrics_end(mf);
+}
+
 petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt, float *x,
                              const int32_t *y, int64_t n, float *loss) {
     petrel_graph_reset(g);
@@ -287,26 +312,7 @@ petrel_err petrel_train(petrel_model *m, const petrel_dataset *train, const petr
     r.steps = steps;
     r.train_loss = epoch_loss;
     r.samples_per_sec = train_s > 0 ? (double)samples / train_s : 0;
-    if (cfg->out_dir) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/model.ckpt", cfg->out_dir);
-        if ((err = petrel_checkpoint_save(m->params, m->meta, path)) != PETREL_OK) goto fail;
-    }
-    r.wall_s = petrel_now_s() - t_start;
-    r.peak_rss_mb = petrel_peak_rss_mb();
-    if (mf) {
-        petrel_metrics_begin(mf, "final");
-        petrel_metrics_str(mf, "model", m->name);
-        petrel_metrics_int(mf, "epochs", r.epochs);
-        petrel_metrics_int(mf, "steps", r.steps);
-        petrel_metrics_num(mf, "train_loss", r.train_loss);
-        petrel_metrics_num(mf, "test_loss", r.test_loss);
-        petrel_metrics_num(mf, "test_accuracy", r.test_accuracy);
-        petrel_metrics_num(mf, "samples_per_sec", r.samples_per_sec);
-        petrel_metrics_num(mf, "wall_s", r.wall_s);
-        petrel_metrics_num(mf, "peak_rss_mb", r.peak_rss_mb);
-        if ((err = petrel_metrics_end(mf)) != PETREL_OK) goto fail;
-    }
+    if ((err = petreli_finish_run(m, cfg->out_dir, mf, 1, t_start, &r)) != PETREL_OK) goto fail;
     if (result) *result = r;
 fail:
     petrel_metrics_close(mf);

@@ -5,6 +5,7 @@
  * allreduces, and the others must fail at once with an error that names it. The
  * parent plays the launcher: it makes the coordinator's listening socket. */
 #include "check.h"
+#include "netjob.h"
 #include "petrel/coll.h"
 
 #include <stdatomic.h>
@@ -35,16 +36,6 @@ static int listen_fd = -1;
 static shared *sh;
 static char coordinator[64];
 static char job_id[64];
-
-static void make_listener(void) {
-    listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (bind(listen_fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(listen_fd, 64) != 0 ||
-        getsockname(listen_fd, (struct sockaddr *)&a, &len) != 0)
-        abort();
-    snprintf(coordinator, sizeof coordinator, "127.0.0.1:%d", ntohs(a.sin_port));
-}
 
 static petrel_net *join(const scenario *s, int rank) {
     petrel_net_config cfg = petrel_net_config_default();
@@ -216,7 +207,7 @@ static int node_main(const scenario *s, int rank) {
 }
 
 static void run(const scenario *s) {
-    make_listener();
+    listen_fd = netjob_listen(coordinator, sizeof coordinator);
     snprintf(job_id, sizeof job_id, "c%d-%llx-%s", (int)getpid(),
              (unsigned long long)(petrel_now_ns() & 0xffffffffffull), s->name);
     memset(sh, 0, sizeof *sh);

@@ -3,6 +3,7 @@
  * SIGSTOP, and a stranger without the job token. The parent plays the launcher: it
  * makes the coordinator's listening socket and passes it to rank 0. */
 #include "check.h"
+#include "netjob.h"
 #include "petrel/net.h"
 
 #include <stdatomic.h>
@@ -33,16 +34,6 @@ static int listen_fd = -1;
 static _Atomic uint64_t *kill_ns; /* shared page: when the parent sent the signal */
 static char coordinator[64];
 static char job_id[64];
-
-static void make_listener(void) {
-    listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (bind(listen_fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(listen_fd, 64) != 0 ||
-        getsockname(listen_fd, (struct sockaddr *)&a, &len) != 0)
-        abort();
-    snprintf(coordinator, sizeof coordinator, "127.0.0.1:%d", ntohs(a.sin_port));
-}
 
 static petrel_net *join(const scenario *s, int rank, const char *token) {
     petrel_net_config cfg = petrel_net_config_default();
@@ -163,7 +154,7 @@ static bool stranger_refused(const scenario *s) {
 }
 
 static void run(const scenario *s) {
-    make_listener();
+    listen_fd = netjob_listen(coordinator, sizeof coordinator);
     /* pid and time: a pid can come back, and a killed node's leftovers must not
      * collide with a later run */
     snprintf(job_id, sizeof job_id, "t%d-%llx-%s", (int)getpid(),

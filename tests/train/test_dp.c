@@ -153,8 +153,8 @@ static void test_two_by_32_equals_one_by_64(void) {
     petrel_train_config cfg = quiet_config(64, 10);
     CHECK_OK(petrel_train(single, single_view, NULL, &cfg, &r));
     double d0 = max_param_diff(mb[0].model, single), d1 = max_param_diff(mb[1].model, single);
-    printf("# after 10 steps: largest parameter difference %.3g (member 0), %.3g (member 1)\n",
-           d0, d1);
+    printf("# after 10 steps: largest parameter difference %.3g (member 0), %.3g (member 1)\n", d0,
+           d1);
     CHECK(d0 < 1e-5 && d1 < 1e-5);
     CHECK(max_param_diff(mb[0].model, mb[1].model) == 0.0); /* replicas stay identical */
     CHECK_NEAR(mb[0].result.train_loss, r.train_loss, 1e-5, 1e-5);
