@@ -17,9 +17,16 @@
  * reduce-scatter (ring), barrier. Optionally float16 on the wire (values are
  * reduced in float32; only transfers are halved).
  *
+ * Backends: the algorithms above are petrel's own (PETREL_BACKEND_PETREL, the
+ * default). In a build with Open MPI (CMake PETREL_MPI, on when its headers are
+ * found), PETREL_BACKEND_MPI runs the same calls through MPI's collectives instead,
+ * for comparison; the job must then be started by mpirun, one MPI process per petrel
+ * node, and MPI has no timeout and no mismatch detection (see petrel_comm_new).
+ *
  * Threading: a communicator is used by one thread at a time (a data-parallel
  * trainer runs its collectives on one communication thread). Different
- * communicators over the same net may run concurrently on different threads.
+ * communicators over the same net may run concurrently on different threads (MPI
+ * backend: only when MPI provides MPI_THREAD_MULTIPLE, as Open MPI does).
  *
  *     int ranks[] = {0, 1, 2, 3};
  *     petrel_comm *c;
@@ -47,31 +54,63 @@ typedef enum petrel_reduce_op {
 } petrel_reduce_op;
 
 typedef enum petrel_coll_algo {
-    PETREL_ALGO_AUTO = 0,           /* by size: recursive doubling below ring_min_bytes */
+    PETREL_ALGO_AUTO = 0, /* by size: recursive doubling below ring_min_bytes */
     PETREL_ALGO_RING,
     PETREL_ALGO_RECURSIVE_DOUBLING,
     PETREL_ALGO_COUNT
 } petrel_coll_algo;
 
+/* Who runs the collectives of a communicator. */
+typedef enum petrel_coll_backend {
+    PETREL_BACKEND_PETREL = 0, /* petrel's own algorithms over the net's messages */
+    PETREL_BACKEND_MPI,        /* MPI's collectives (builds with Open MPI only) */
+    PETREL_BACKEND_COUNT
+} petrel_coll_backend;
+
 typedef struct petrel_comm_config {
-    int timeout_ms;         /* bound on every collective call */
-    petrel_coll_algo algo;  /* allreduce algorithm */
-    size_t ring_min_bytes;  /* AUTO uses the ring from this payload size on */
-    size_t chunk_bytes;     /* ring pipelining unit */
-    bool fp16_wire;         /* send float16, reduce in float32 */
+    int timeout_ms;              /* bound on every collective call */
+    petrel_coll_algo algo;       /* allreduce algorithm */
+    size_t ring_min_bytes;       /* AUTO uses the ring from this payload size on */
+    size_t chunk_bytes;          /* ring pipelining unit */
+    bool fp16_wire;              /* send float16, reduce in float32 */
+    petrel_coll_backend backend; /* MPI ignores timeout_ms, algo, ring_min_bytes, chunk_bytes */
 } petrel_comm_config;
 
-/* Timeout 30 s, AUTO with ring from 64 KiB, chunks of 256 KiB, float32 on the wire. */
+/* Timeout 30 s, AUTO with ring from 64 KiB, chunks of 256 KiB, float32 on the wire,
+ * petrel's own backend. */
 petrel_comm_config petrel_comm_config_default(void);
+
+/* True when this build has the backend (PETREL_BACKEND_MPI: built with MPI). */
+bool petrel_coll_backend_available(petrel_coll_backend backend);
+
+/* "petrel", "mpi", or "unknown". */
+const char *petrel_coll_backend_name(petrel_coll_backend backend);
 
 typedef struct petrel_comm petrel_comm;
 
 /* A communicator over ranks[0..n) (distinct ranks of net, in the order that defines
  * the ring), which must include this node. comm_id (0..65535) distinguishes
  * communicators that share a net; every member passes the same ranks and id.
- * Creating one does not communicate. PETREL_ERR_INVALID for a rank out of range or
- * listed twice, ranks without this node, comm_id > 65535, timeout_ms <= 0, or
- * chunk_bytes outside 64 B .. 256 MiB (it must also fit the net's message limit). */
+ * With petrel's own backend, creating one does not communicate. PETREL_ERR_INVALID
+ * for a rank out of range or listed twice, ranks without this node, comm_id > 65535,
+ * timeout_ms <= 0, chunk_bytes outside 64 B .. 256 MiB (it must also fit the net's
+ * message limit), or an unknown backend.
+ *
+ * With PETREL_BACKEND_MPI, creating one is a collective call of the members (it makes
+ * an MPI communicator of them, in the order of ranks; every member must create its
+ * MPI-backed communicators in the same order), and the first one initializes MPI
+ * (MPI_Init_thread, finalized at exit) unless the program did: Open MPI's
+ * initialization waits for every process of the mpirun job, so every process must
+ * create an MPI-backed communicator or initialize MPI itself (with
+ * MPI_THREAD_SERIALIZED or better). Then each call below is one MPI collective (or a
+ * few, for counts above INT_MAX), with none of the checks that petrel's own backend
+ * makes: no timeout, no detection of members that call something else (that hangs
+ * or corrupts, as in MPI), and a dead member ends the mpirun job. Errors:
+ *   PETREL_ERR_UNSUPPORTED  a build without MPI, fp16_wire, or MPI initialized by the
+ *                           program below MPI_THREAD_SERIALIZED;
+ *   PETREL_ERR_INVALID      the process was not started by mpirun, or its MPI rank and
+ *                           size are not its petrel rank and size;
+ *   PETREL_ERR_IO           MPI failed (its message). */
 PETREL_NODISCARD petrel_err petrel_comm_new(petrel_comm **out, petrel_net *net, const int *ranks,
                                             int n, uint32_t comm_id, petrel_comm_config cfg);
 void petrel_comm_free(petrel_comm *c);
@@ -89,7 +128,9 @@ int petrel_comm_size(const petrel_comm *c);
  * Every member that depends on the failing one fails too, within milliseconds; the
  * communicator stays usable for the next call. With float16 on the wire, results are
  * the same on every member (a member keeps the rounded values the others receive);
- * a one-member communicator rounds nothing. */
+ * a one-member communicator rounds nothing. The MPI backend returns PETREL_ERR_IO
+ * when MPI reports an error (Open MPI usually ends the job instead) and
+ * PETREL_ERR_INVALID for bad arguments; it detects nothing else. */
 
 /* data (n) = op over members of data (n), in place, on every member. */
 PETREL_NODISCARD petrel_err petrel_allreduce(petrel_comm *c, float *data, size_t n,
@@ -113,7 +154,10 @@ PETREL_NODISCARD petrel_err petrel_comm_barrier(petrel_comm *c);
 
 typedef struct petrel_comm_stats {
     uint64_t calls;
-    uint64_t bytes_sent, bytes_received; /* payload bytes of collective messages */
+    uint64_t bytes_sent, bytes_received; /* bytes of collective messages, their headers
+                                            included; MPI backend: what a ring would move
+                                            (nominal) */
+    uint64_t payload_bytes_sent;         /* of bytes_sent, the data alone (no headers) */
     double wait_s;                       /* time spent inside collective calls */
 } petrel_comm_stats;
 

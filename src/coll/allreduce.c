@@ -211,10 +211,7 @@ static petrel_err rd_allreduce(petreli_coll_call *call, float *x, size_t n) {
     return PETREL_OK;
 }
 
-petrel_err petrel_allreduce(petrel_comm *c, float *data, size_t n, petrel_reduce_op op) {
-    PETREL_ASSERT(c && (data || n == 0), "allreduce needs a communicator and n floats at data");
-    if ((unsigned)op >= PETREL_REDUCE_COUNT)
-        return petrel_error_set(PETREL_ERR_INVALID, "allreduce: reduction %d is unknown", (int)op);
+petrel_err petreli_petrel_allreduce(petrel_comm *c, float *data, size_t n, petrel_reduce_op op) {
     petrel_coll_algo algo = c->cfg.algo;
     if (algo == PETREL_ALGO_AUTO)
         algo = n * sizeof(float) >= c->cfg.ring_min_bytes ? PETREL_ALGO_RING

@@ -1,14 +1,17 @@
 /*
- * Internals of the collectives: the communicator, one call's state, the message
- * layer that every algorithm uses (comm.c), the float16 and reduction kernels
- * (kernels.c), and the algorithms (allreduce.c, ring.c).
+ * Internals of the collectives: the backends that run them (calls.c picks one per
+ * communicator), the communicator, one call's state, the message layer that
+ * petrel's own algorithms use (comm.c), the float16 and reduction kernels
+ * (kernels.c), and the algorithms (allreduce.c, ring.c); MPI's (mpi.c).
  *
+ *   calls.c      the public calls: argument checks, then the communicator's backend
  *   comm.c       communicators; numbering, sending and receiving the messages of a
  *                call; checking each against this member's own call; timeouts,
  *                dead peers, and telling the other members when a call fails
  *   kernels.c    float16 conversion and the reductions (F16C when the CPU has it)
  *   allreduce.c  ring and recursive doubling allreduce, and the ring schedule
  *   ring.c       broadcast (chain), allgather and reduce-scatter (ring), barrier
+ *   mpi.c        the MPI backend (built with PETREL_HAVE_MPI only)
  */
 #ifndef PETREL_COLL_IMPL_H
 #define PETREL_COLL_IMPL_H
@@ -55,7 +58,51 @@ void petreli_coll_header_encode(const petreli_coll_header *h, unsigned char *out
 /* False when the magic is wrong. */
 bool petreli_coll_header_decode(const unsigned char *in, petreli_coll_header *h);
 
+/* ---- backends ---------------------------------------------------------------- */
+
+/* One way to run the collectives. The public calls (calls.c) check their arguments
+ * first, so a backend gets a valid op and root, n floats at each pointer (which may
+ * be NULL when n is 0), and, for reduce_scatter, recv apart from send. A backend
+ * counts c->calls and the other statistics itself. */
+typedef struct petreli_coll_ops {
+    const char *name; /* "petrel", "mpi" */
+    /* Sets up the backend's part of c (c->impl), whose members are known. May be NULL.
+     * On failure petrel_comm_new calls close. */
+    petrel_err (*open)(petrel_comm *c);
+    /* Releases what open made; also after a failed open. May be NULL. */
+    void (*close)(petrel_comm *c);
+    petrel_err (*allreduce)(petrel_comm *c, float *data, size_t n, petrel_reduce_op op);
+    petrel_err (*broadcast)(petrel_comm *c, float *data, size_t n, int root);
+    petrel_err (*allgather)(petrel_comm *c, const float *send, size_t n, float *recv);
+    petrel_err (*reduce_scatter)(petrel_comm *c, const float *send, size_t n, float *recv,
+                                 petrel_reduce_op op);
+    petrel_err (*barrier)(petrel_comm *c);
+} petreli_coll_ops;
+
+/* Petrel's own algorithms (comm.c, allreduce.c, ring.c). */
+extern const petreli_coll_ops petreli_coll_petrel;
+
+#ifdef PETREL_HAVE_MPI
+/* MPI's collectives (mpi.c). */
+extern const petreli_coll_ops petreli_coll_mpi;
+/* Largest element count of one MPI call (INT_MAX); larger calls are split into
+ * pieces. Tests lower it to exercise the split. */
+extern size_t petreli_coll_mpi_max_count;
+#endif
+
+/* The petrel backend's calls, behind petreli_coll_petrel. */
+petrel_err petreli_petrel_allreduce(petrel_comm *c, float *data, size_t n, petrel_reduce_op op);
+petrel_err petreli_petrel_broadcast(petrel_comm *c, float *data, size_t n, int root);
+petrel_err petreli_petrel_allgather(petrel_comm *c, const float *send, size_t n, float *recv);
+petrel_err petreli_petrel_reduce_scatter(petrel_comm *c, const float *send, size_t n, float *recv,
+                                         petrel_reduce_op op);
+petrel_err petreli_petrel_barrier(petrel_comm *c);
+
+/* ---- communicators and calls (comm.c) ------------------------------------------- */
+
 struct petrel_comm {
+    const petreli_coll_ops *ops; /* the backend */
+    void *impl;                  /* the backend's own state (MPI: its communicator), or NULL */
     petrel_net *net;
     int rank, size;
     int *ranks;     /* net rank of each member (size) */
@@ -78,7 +125,7 @@ struct petrel_comm {
     uint16_t *half; /* float16 staging for one outgoing chunk */
     size_t half_cap;
 
-    _Atomic uint64_t calls, bytes_sent, bytes_received, wait_ns;
+    _Atomic uint64_t calls, bytes_sent, bytes_received, payload_bytes_sent, wait_ns;
 };
 
 /* One call in progress on one member. */

@@ -94,7 +94,36 @@ petrel_comm_config petrel_comm_config_default(void) {
                                 .algo = PETREL_ALGO_AUTO,
                                 .ring_min_bytes = (size_t)64 << 10,
                                 .chunk_bytes = (size_t)256 << 10,
-                                .fp16_wire = false};
+                                .fp16_wire = false,
+                                .backend = PETREL_BACKEND_PETREL};
+}
+
+const petreli_coll_ops petreli_coll_petrel = {.name = "petrel",
+                                              .allreduce = petreli_petrel_allreduce,
+                                              .broadcast = petreli_petrel_broadcast,
+                                              .allgather = petreli_petrel_allgather,
+                                              .reduce_scatter = petreli_petrel_reduce_scatter,
+                                              .barrier = petreli_petrel_barrier};
+
+/* The backend's table. */
+static petrel_err backend_ops(petrel_coll_backend backend, const petreli_coll_ops **out) {
+    switch (backend) {
+    case PETREL_BACKEND_PETREL:
+        *out = &petreli_coll_petrel;
+        return PETREL_OK;
+    case PETREL_BACKEND_MPI:
+#ifdef PETREL_HAVE_MPI
+        *out = &petreli_coll_mpi;
+        return PETREL_OK;
+#else
+        return petrel_error_set(PETREL_ERR_UNSUPPORTED,
+                                "comm_new: the MPI backend is not in this build (built without "
+                                "MPI: install libopenmpi-dev and rebuild)");
+#endif
+    case PETREL_BACKEND_COUNT:
+        break;
+    }
+    return petrel_error_set(PETREL_ERR_INVALID, "comm_new: backend %d is unknown", (int)backend);
 }
 
 petrel_err petrel_comm_new(petrel_comm **out, petrel_net *net, const int *ranks, int n,
@@ -110,9 +139,13 @@ petrel_err petrel_comm_new(petrel_comm **out, petrel_net *net, const int *ranks,
                                 "comm_new: timeout_ms %d (> 0), algo %d, chunk_bytes %zu (64 B to "
                                 "256 MiB)",
                                 cfg.timeout_ms, (int)cfg.algo, cfg.chunk_bytes);
+    const petreli_coll_ops *ops = NULL;
+    petrel_err berr = backend_ops(cfg.backend, &ops);
+    if (berr != PETREL_OK) return berr;
     int net_size = petrel_net_size(net), me = petrel_net_rank(net);
     petrel_comm *c = petrel_calloc(1, sizeof *c);
     if (!c) return PETREL_ERR_NOMEM;
+    c->ops = ops;
     c->net = net;
     c->size = n;
     c->rank = -1;
@@ -146,6 +179,7 @@ petrel_err petrel_comm_new(petrel_comm **out, petrel_net *net, const int *ranks,
                                "comm_new: ranks does not include this node (%d)", me);
         goto fail;
     }
+    if (ops->open && (err = ops->open(c)) != PETREL_OK) goto fail;
     *out = c;
     return PETREL_OK;
 fail:
@@ -155,6 +189,7 @@ fail:
 
 void petrel_comm_free(petrel_comm *c) {
     if (!c) return;
+    if (c->ops && c->ops->close) c->ops->close(c);
     for (int i = 0; i < c->nstash; i++) petrel_msg_release(&c->stash[i]);
     petrel_free(c->stash);
     petrel_free(c->half);
@@ -180,6 +215,7 @@ petrel_comm_stats petrel_comm_get_stats(const petrel_comm *c) {
     return (petrel_comm_stats){.calls = atomic_load(&m->calls),
                                .bytes_sent = atomic_load(&m->bytes_sent),
                                .bytes_received = atomic_load(&m->bytes_received),
+                               .payload_bytes_sent = atomic_load(&m->payload_bytes_sent),
                                .wait_s = (double)atomic_load(&m->wait_ns) * 1e-9};
 }
 
@@ -317,7 +353,10 @@ static petrel_err send_message(petreli_coll_call *call, int dst, petreli_coll_he
     struct iovec iov[2] = {{head, sizeof head}, {(void *)data, bytes}};
     petrel_err err = petrel_net_sendv(c->net, c->ranks[dst], PETREL_MSG_COLL, call->id, 0, iov,
                                       bytes ? 2 : 1, timeout_ms);
-    if (err == PETREL_OK) atomic_fetch_add(&c->bytes_sent, PETRELI_COLL_HEADER + bytes);
+    if (err == PETREL_OK) {
+        atomic_fetch_add(&c->bytes_sent, PETRELI_COLL_HEADER + bytes);
+        atomic_fetch_add(&c->payload_bytes_sent, bytes);
+    }
     return err;
 }
 

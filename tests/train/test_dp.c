@@ -65,6 +65,7 @@ typedef struct member {
     petrel_dp_config dp;
     petrel_model *model; /* out: the trained model */
     petrel_train_result result;
+    petrel_comm_stats stats; /* out: the communicator's, after training */
     petrel_err err;
     char errmsg[256];
 } member;
@@ -87,6 +88,7 @@ static void *member_main(void *arg) {
     if (mb->err == PETREL_OK)
         mb->err = petrel_train_dp(mb->model, mb->train, NULL, &mb->cfg, comm, mb->dp, &mb->result);
     snprintf(mb->errmsg, sizeof mb->errmsg, "%s", petrel_errmsg());
+    if (comm) mb->stats = petrel_comm_get_stats(comm);
     petrel_comm_free(comm);
     petrel_net_stop(net);
     return NULL;
@@ -224,6 +226,35 @@ static void test_cost_formula(void) {
     CHECK_ERR(petrel_comm_mode_parse("gossip", &m), PETREL_ERR_INVALID);
 }
 
+/* The bytes SFB puts on the wire are the formula's: two more steps of the 12-16-3 MLP
+ * with 2 members of 20 add, per step and member, K (P - 1) (OUT + IN) floats for each
+ * weight's factors and, for P = 2, one copy of each bias bucket. */
+static void test_sfb_bytes_match_formula(void) {
+    int identity[N_SAMPLES];
+    for (int i = 0; i < N_SAMPLES; i++) identity[i] = i;
+    petrel_dataset *whole = dataset("bytes", xs, ys, identity, N_SAMPLES);
+    petrel_dp_config dp = petrel_dp_config_default();
+    dp.mode = PETREL_COMM_SFB;
+    dp.overlap = false;
+    member two[2], four[2];
+    run_members(two, 2, whole, quiet_config(20, 2), dp);
+    run_members(four, 2, whole, quiet_config(20, 4), dp);
+    const int K = 20, P = 2;
+    double per_step = petrel_sfb_floats(16, 12, K, P) + petrel_sfb_floats(3, 16, K, P) +
+                      (3 + 16) * 2.0 * (P - 1) / P; /* fc2.b and fc1.b by allreduce */
+    for (int r = 0; r < 2; r++) {
+        double got = (double)(four[r].stats.payload_bytes_sent - two[r].stats.payload_bytes_sent);
+        printf("# member %d: 2 SFB steps sent %.0f payload bytes, the formula says %.0f\n", r, got,
+               2 * per_step * sizeof(float));
+        CHECK(got == 2 * per_step * sizeof(float));
+    }
+    for (int r = 0; r < 2; r++) {
+        petrel_model_free(two[r].model);
+        petrel_model_free(four[r].model);
+    }
+    petrel_dataset_free(whole);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/petrel-dp-XXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -232,6 +263,7 @@ int main(void) {
     RUN(test_sfb_and_hybrid_equal_allreduce);
     RUN(test_unequal_shards_finish);
     RUN(test_cost_formula);
+    RUN(test_sfb_bytes_match_formula);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) return 1;
