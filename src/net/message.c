@@ -302,7 +302,12 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
     petrel_msg_handler fn = net->handlers[h->type].fn;
     void *ctx = net->handlers[h->type].ctx;
     if (!fn) {
-        queued *q = petrel_malloc(sizeof *q);
+        /* Queue nodes are recycled: a malloc per message showed in streaming profiles. */
+        queued *q = net->free_queued;
+        if (q)
+            net->free_queued = q->next;
+        else
+            q = petrel_malloc(sizeof *q);
         if (q) {
             q->next = NULL;
             q->m = m;
@@ -312,7 +317,7 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
                 net->mail_head = q;
             net->mail_tail = q;
             atomic_fetch_add(&net->mail_seq, 1);
-            pthread_cond_broadcast(&net->cv);
+            if (net->sleepers) pthread_cond_broadcast(&net->cv); /* pollers see mail_seq */
         }
         pthread_mutex_unlock(&net->mu);
         if (!q) {
@@ -446,9 +451,10 @@ petrel_err petrel_net_recv(petrel_net *net, int src, uint8_t type, uint32_t id, 
             else
                 net->mail_head = q->next;
             if (net->mail_tail == q) net->mail_tail = prev;
-            pthread_mutex_unlock(&net->mu);
             *out = q->m;
-            petrel_free(q);
+            q->next = net->free_queued;
+            net->free_queued = q;
+            pthread_mutex_unlock(&net->mu);
             return PETREL_OK;
         }
         if (src != PETREL_ANY_SOURCE && src != net->rank && !atomic_load(&net->peers[src].alive)) {

@@ -65,7 +65,9 @@ uint64_t petreli_deadline_after(int timeout_ms) {
 bool petreli_wait_until(petrel_net *net, uint64_t deadline_ns) {
     if (petrel_now_ns() >= deadline_ns) return false;
     struct timespec ts = petreli_abs_deadline(deadline_ns);
+    net->sleepers++;
     pthread_cond_timedwait(&net->cv, &net->mu, &ts);
+    net->sleepers--;
     return true;
 }
 
@@ -572,6 +574,11 @@ void petrel_net_stop(petrel_net *net) {
     for (queued *q = net->mail_head; q;) {
         queued *next = q->next;
         petreli_msgbuf_put(q->m.owned);
+        petrel_free(q);
+        q = next;
+    }
+    for (queued *q = net->free_queued; q;) {
+        queued *next = q->next;
         petrel_free(q);
         q = next;
     }

@@ -82,6 +82,8 @@ struct petrel_net {
     int registered, ready_count;
     bool table_ready, go;
     queued *mail_head, *mail_tail;
+    queued *free_queued;       /* spent queue nodes, for the next message */
+    int sleepers;              /* threads blocked on cv (under mu) */
     _Atomic uint64_t mail_seq; /* bumped for every mailbox message and RPC reply */
     rpc_wait *rpcs;
     _Atomic uint64_t next_tag;
