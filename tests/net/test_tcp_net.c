@@ -236,6 +236,15 @@ static uint64_t deadline_in(int ms) {
     return petrel_now_ns() + (uint64_t)ms * 1000000u;
 }
 
+/* Nodes a (rank 0) and b (rank 1) of a job of 2 with token, b connected to a. False
+ * (the failure already reported) when they cannot be opened; closing is the
+ * caller's, also then. */
+static bool pair_open(node *a, node *b, const char *token) {
+    if (!node_open(a, 0, 2, token) || !node_open(b, 1, 2, token)) return false;
+    CHECK_OK(tcp->connect(b->t, 0, a->addr, deadline_in(WAIT_MS)));
+    return true;
+}
+
 /* Byte j of frame (a, b): a pattern that differs between frames and positions. */
 static unsigned char pat(uint32_t a, int64_t b, size_t j) {
     return (unsigned char)(a * 131u + (uint64_t)b * 17u + j * 7u + (j >> 8));
@@ -359,8 +368,7 @@ out:
 
 static void test_ordering_1000(void) {
     node a, b;
-    if (!node_open(&a, 0, 2, "t") || !node_open(&b, 1, 2, "t")) goto out;
-    CHECK_OK(tcp->connect(b.t, 0, a.addr, deadline_in(WAIT_MS)));
+    if (!pair_open(&a, &b, "t")) goto out;
     petrel_rng rng;
     petrel_rng_seed(&rng, seed);
     size_t len[1000];
@@ -405,8 +413,7 @@ static void *sender_main(void *p) {
  * thread's frames arrive in its order. Frames up to 300 KiB force partial writes. */
 static void test_concurrent_senders(void) {
     node a, b;
-    if (!node_open(&a, 0, 2, "t") || !node_open(&b, 1, 2, "t")) goto out;
-    CHECK_OK(tcp->connect(b.t, 0, a.addr, deadline_in(WAIT_MS)));
+    if (!pair_open(&a, &b, "t")) goto out;
     enum { THREADS = 4, FRAMES = 60 };
     sender_arg args[THREADS];
     pthread_t th[THREADS];
@@ -445,8 +452,7 @@ out:
  * further send). */
 static void test_backpressure_timeout(void) {
     node a, b;
-    if (!node_open(&a, 0, 2, "t") || !node_open(&b, 1, 2, "t")) goto out;
-    CHECK_OK(tcp->connect(b.t, 0, a.addr, deadline_in(WAIT_MS)));
+    if (!pair_open(&a, &b, "t")) goto out;
     rec_set_gate(&a.rec, true);
     size_t len = 256 << 10;
     int sent = 0;
@@ -861,8 +867,7 @@ out:
  * stranger claiming the linked rank is told its token is wrong. */
 static void test_duplicate_link(void) {
     node a, b;
-    if (!node_open(&a, 0, 2, "k") || !node_open(&b, 1, 2, "k")) goto out;
-    CHECK_OK(tcp->connect(b.t, 0, a.addr, deadline_in(WAIT_MS)));
+    if (!pair_open(&a, &b, "k")) goto out;
     int fd = raw_connect(a.addr);
     CHECK(fd >= 0);
     if (fd >= 0) {
@@ -891,8 +896,7 @@ out:
 /* disconnect: no on_link_lost on our side, the peer sees the close, sends fail. */
 static void test_disconnect(void) {
     node a, b;
-    if (!node_open(&a, 0, 2, "k") || !node_open(&b, 1, 2, "k")) goto out;
-    CHECK_OK(tcp->connect(b.t, 0, a.addr, deadline_in(WAIT_MS)));
+    if (!pair_open(&a, &b, "k")) goto out;
     tcp->disconnect(a.t, 1);
     tcp->disconnect(a.t, 1); /* twice is harmless */
     CHECK(!tcp->connected(a.t, 1));
