@@ -253,8 +253,15 @@ static void protocol(petrel_net *net, int src, const petreli_wire_header *h,
         pthread_mutex_unlock(&net->mu);
         return;
     case PETRELI_MSG_BYE:
-        atomic_store(&net->peers[src].left, true);
-        petreli_declare_dead(net, src, "said goodbye");
+        /* BYE comes over TCP; messages the peer sent before it over shared memory may
+         * still be in its ring. The ring is read in order and its link reported lost
+         * only once drained, so wait for that (or BYE_GRACE_MS) before calling the peer
+         * gone: a member's ABORT must not be overtaken by its goodbye. */
+        if (net->shm.ops && net->shm.ops->connected(net->shm.t, src)) {
+            atomic_store(&net->peers[src].bye_ns, petrel_now_ns());
+            return;
+        }
+        petreli_peer_left(net, src);
         return;
     default:
         goto bad;
@@ -398,8 +405,10 @@ void petreli_ev_link_lost(void *ctx, int src, const char *why) {
         pe->send_link = net->primary;
         pthread_mutex_unlock(&pe->send_mu);
         PETREL_LOG_INFO("net", "shared memory to rank %d closed (%s); using TCP", src, why);
+        if (atomic_load(&pe->bye_ns)) petreli_peer_left(net, src); /* drained after its BYE */
         return;
     }
+    if (atomic_load(&pe->bye_ns)) return; /* the close that follows a BYE; shm decides */
     petreli_declare_dead(net, src, why);
 }
 

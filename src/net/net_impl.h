@@ -128,6 +128,10 @@ typedef struct petreli_transport_ops {
     void (*seal)(void *t);
     /* Drops the link to peer (on_link_lost is not called for it). */
     void (*disconnect)(void *t, int peer);
+    /* Stops and joins the receive thread: no event is reported after it returns, and
+     * sends still work until close. Lets a node stop every transport's callbacks
+     * before it frees any transport they might touch. May be NULL. */
+    void (*quiesce)(void *t);
     /* Closes everything and joins the transport's threads. */
     void (*close)(void *t);
 } petreli_transport_ops;

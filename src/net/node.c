@@ -114,6 +114,11 @@ void petreli_declare_dead(petrel_net *net, int p, const char *why) {
     pthread_mutex_unlock(&net->mu);
 }
 
+void petreli_peer_left(petrel_net *net, int p) {
+    atomic_store(&net->peers[p].left, true);
+    petreli_declare_dead(net, p, "said goodbye");
+}
+
 bool petreli_any_dead(petrel_net *net, int *who) {
     for (int r = 0; r < net->size; r++)
         if (r != net->rank && !atomic_load(&net->peers[r].alive)) {
@@ -163,6 +168,12 @@ static void *monitor_main(void *arg) {
                          (double)(now - seen) * 1e-9, net->cfg.peer_timeout_ms);
                 petreli_declare_dead(net, r, why);
             }
+        }
+        for (int r = 0; r < net->size; r++) { /* BYEs whose shm never reported drained */
+            uint64_t bye = atomic_load(&net->peers[r].bye_ns);
+            if (bye && atomic_load(&net->peers[r].alive) &&
+                now - bye > (uint64_t)BYE_GRACE_MS * 1000000u)
+                petreli_peer_left(net, r);
         }
         broadcast_deaths(net);
         struct timespec ts = {0, TICK_MS * 1000000L};
@@ -569,8 +580,13 @@ void petrel_net_stop(petrel_net *net) {
                 (void)petreli_send_control(net, r, PETRELI_MSG_BYE, 0, NULL, 0, 200);
             }
     }
-    if (net->shm.ops) net->shm.ops->close(net->shm.t);
-    if (net->primary.ops) net->primary.ops->close(net->primary.t);
+    /* Every receive thread stops before any transport is freed: one transport's
+     * events can reach the other (a BYE over TCP asks whether shm is still up). */
+    net_link links[2] = {net->shm, net->primary};
+    for (int i = 0; i < 2; i++)
+        if (links[i].ops && links[i].ops->quiesce) links[i].ops->quiesce(links[i].t);
+    for (int i = 0; i < 2; i++)
+        if (links[i].ops) links[i].ops->close(links[i].t);
     for (queued *q = net->mail_head; q;) {
         queued *next = q->next;
         petreli_msgbuf_put(q->m.owned);

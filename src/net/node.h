@@ -16,6 +16,7 @@
 #define CONTROL_SEND_MS 1000        /* bound on a protocol send from an internal thread */
 #define TICK_MS         20          /* the monitor thread's period */
 #define POLL_NS         50000       /* how long a wait polls before it sleeps */
+#define BYE_GRACE_MS    500         /* bound on waiting for a departed peer's shm to drain */
 
 typedef struct node_entry {
     char tcp[ADDR_LEN], shm[ADDR_LEN], host[ADDR_LEN];
@@ -41,6 +42,7 @@ typedef struct peer_state {
     pthread_mutex_t send_mu; /* one message at a time to this peer */
     _Atomic bool alive;
     _Atomic bool left;           /* said BYE */
+    _Atomic uint64_t bye_ns;     /* when a BYE came while its shm link was still up, else 0 */
     _Atomic bool broadcast_dead; /* coordinator: PEER_DEAD still to be sent */
     _Atomic uint64_t last_seen_ns;
     char why[160]; /* why it died (under mu) */
@@ -119,6 +121,9 @@ petrel_err petreli_dead_peer_error(petrel_net *net, int p);
 /* Marks p dead once: wakes waiters, logs, runs the failure callback, and on rank 0
  * queues a PEER_DEAD broadcast. */
 void petreli_declare_dead(petrel_net *net, int p, const char *why);
+/* Records that p left normally (BYE) and wakes every waiter. */
+void petreli_peer_left(petrel_net *net, int p);
+
 /* True when some peer is dead (its rank in *who). */
 bool petreli_any_dead(petrel_net *net, int *who);
 

@@ -498,12 +498,19 @@ static void shm_seal(void *tp) {
     if (!atomic_exchange(&t->sealed, 1)) shm_unlink(t->name);
 }
 
-static void shm_close(void *tp) {
+static void shm_quiesce(void *tp) {
     petreli_shm_transport *t = tp;
-    if (!t) return;
+    if (!t || !t->thread) return;
     atomic_store_explicit(&t->stopping, 1, memory_order_release);
     petreli_shm_ring_bell(&t->hdr->doorbell);
     petrel_thread_join(t->thread, NULL);
+    t->thread = NULL;
+}
+
+static void shm_close(void *tp) {
+    petreli_shm_transport *t = tp;
+    if (!t) return;
+    shm_quiesce(t);
     /* Writers blocked on our rings, in this process or others, notice at once. */
     atomic_store(&t->hdr->closed, 1);
     for (int s = 0; s < t->size; s++) {
@@ -545,5 +552,6 @@ const petreli_transport_ops petreli_transport_shm = {
     .connected = shm_connected,
     .seal = shm_seal,
     .disconnect = shm_disconnect,
+    .quiesce = shm_quiesce,
     .close = shm_close,
 };

@@ -691,14 +691,19 @@ static void tcp_disconnect(void *tp, int peer) {
     if (!on_io) pthread_mutex_unlock(&t->io_mu);
 }
 
+static void tcp_quiesce(void *tp) {
+    petreli_tcp_transport *t = tp;
+    if (!t || !t->io) return;
+    atomic_store(&t->stop, true);
+    wake(t);
+    petrel_thread_join(t->io, NULL);
+    t->io = NULL;
+}
+
 static void tcp_close(void *tp) {
     petreli_tcp_transport *t = tp;
     if (!t) return;
-    if (t->io) {
-        atomic_store(&t->stop, true);
-        wake(t);
-        petrel_thread_join(t->io, NULL);
-    }
+    tcp_quiesce(t);
     for (petreli_tcp_conn *c = t->hs_list, *next; c; c = next) {
         next = c->next;
         petreli_tcp_conn_free(c);
@@ -806,5 +811,6 @@ const petreli_transport_ops petreli_transport_tcp = {
     .send = tcp_send,
     .connected = tcp_connected,
     .disconnect = tcp_disconnect,
+    .quiesce = tcp_quiesce,
     .close = tcp_close,
 };
