@@ -201,6 +201,85 @@ int64_t petrel_batcher_next_sparse(petrel_batcher *b, const petrel_csr **rows, i
  * functions share one position in the epoch. */
 int64_t petrel_batcher_next_indices(petrel_batcher *b, const uint32_t **idx);
 
+/* ---- text to hashed bag-of-words (text.c) -------------------------------- */
+
+/* Labelled text becomes libsvm files (docs/text.md): documents are tokenized
+ * (maximal runs of ASCII letters and digits, lowercased, tokens shorter than 2
+ * dropped), optionally joined into bigrams ("tok1 tok2", one space), hashed with
+ * 64-bit FNV-1a and reduced to bucket = hash mod 2^hash_bits (the low bits; file
+ * index bucket + 1). Values are counts (TF) or TF-IDF with
+ * idf = ln((1 + N) / (1 + df)) + 1 over the N training documents, then each
+ * document is scaled to unit L2 norm unless l2 is off. The corpus is read once;
+ * only the hashed counts are kept in memory. Nothing here is shared between
+ * threads; errors are recorded per thread (petrel_errmsg). */
+
+/* Where the documents come from. */
+typedef enum petrel_text_source {
+    PETREL_TEXT_CORPUS,  /* a directory of class directories (files are documents, or
+                            lines with per_line) or of class files (lines are documents) */
+    PETREL_TEXT_WORDNET, /* a WordNet dict directory: data.{noun,verb,adj,adv}; the
+                            label is lex_filenum, the text the gloss after " | " */
+    PETREL_TEXT_FORTUNE, /* a fortune directory: one class per file (not .dat, not a
+                            symlink), documents separated by lines holding only "%" */
+    PETREL_TEXT_SOURCE_COUNT
+} petrel_text_source;
+
+/* How to convert. Plain data, passed by value. */
+typedef struct petrel_text_config {
+    petrel_text_source source;
+    bool per_line;        /* CORPUS with class directories: each line is a document */
+    int hash_bits;        /* 2^hash_bits buckets, 1 .. 31 */
+    bool bigrams;         /* add hashed bigrams of consecutive kept tokens */
+    bool tfidf;           /* TF-IDF (idf from the train split) instead of counts */
+    bool l2;              /* scale every document to unit L2 norm */
+    double test_fraction; /* share of documents in the test split, 0 <= f < 1 */
+    uint64_t seed;        /* split seed */
+} petrel_text_config;
+
+/* source CORPUS, per_line false, hash_bits 18, bigrams false, tfidf false, l2 true,
+ * test_fraction 0.2, seed 1. */
+petrel_text_config petrel_text_config_default(void);
+
+/* What a conversion produced. */
+typedef struct petrel_text_summary {
+    int64_t docs, train_docs, test_docs;
+    int32_t classes;
+    int64_t features_used; /* distinct buckets over all documents */
+} petrel_text_summary;
+
+/* 64-bit FNV-1a of len bytes: h = 0xcbf29ce484222325; per byte h = (h ^ b) *
+ * 0x100000001b3. */
+uint64_t petrel_text_hash(const void *s, size_t len);
+
+/* Hashes the features of text (len bytes) in order of appearance (each bigram
+ * right after its second token) into buckets (0-based, < 2^hash_bits), writing at
+ * most cap of them; returns how many there are, which may exceed cap. */
+size_t petrel_text_features(const char *text, size_t len, bool bigrams, int hash_bits,
+                            uint32_t *buckets, size_t cap);
+
+/* ln((1 + n_docs) / (1 + df)) + 1. */
+double petrel_text_idf(int64_t n_docs, int64_t df);
+
+/* The seeded split: is_test[i] for n documents, exactly floor(f * n + 0.5) of them
+ * true, chosen by a Fisher-Yates permutation from a petrel_rng seeded with seed.
+ * PETREL_ERR_INVALID (f outside [0, 1), n above 2^32-1), PETREL_ERR_NOMEM. */
+PETREL_NODISCARD petrel_err petrel_text_split(bool *is_test, int64_t n, double test_fraction,
+                                              uint64_t seed);
+
+/* Converts the corpus at input (see petrel_text_source) into out_prefix.train.svm
+ * and out_prefix.test.svm (labels are class numbers 0 .. classes-1, indices
+ * 1-based and ascending) and out_prefix.classes ("<number> <name>" per line;
+ * CORPUS classes are numbered in sorted name order, WordNet classes are the
+ * lex_filenums present, in order). summary may be NULL.
+ * Errors: PETREL_ERR_INVALID (a config value out of range), PETREL_ERR_IO (a path
+ * that cannot be opened, read or written: the message names it),
+ * PETREL_ERR_FORMAT (no classes, no documents, a class without documents, a
+ * directory mixing files and directories, a malformed WordNet line),
+ * PETREL_ERR_NOMEM. Output files may be left partly written on failure. */
+PETREL_NODISCARD petrel_err petrel_text_to_libsvm(const char *input, const char *out_prefix,
+                                                  petrel_text_config cfg,
+                                                  petrel_text_summary *summary);
+
 #ifdef __cplusplus
 }
 #endif

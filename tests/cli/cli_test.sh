@@ -75,5 +75,26 @@ grep -q '"exposed_comm_s"' "$tmp/dp/metrics.jsonl" && grep -q '"event":"timeline
     ok "metrics carry the communication timeline" || fail "timeline" "missing"
 expect_rc "bad --comm" 2 "$petrel" train --workers 2 --comm gossip
 
+# petrel data text2libsvm: help, a tiny corpus of class directories, a missing corpus.
+expect_rc "text2libsvm help exits 0" 0 "$petrel" data text2libsvm --help
+for flag in --out --per-line --wordnet --fortune-dir --hash-bits --bigrams --tfidf --no-l2 \
+            --test-fraction --seed; do
+    grep -q -- "$flag" "$tmp/out" || fail "text2libsvm help lists $flag" "missing"
+done
+mkdir -p "$tmp/corpus/ham" "$tmp/corpus/spam"
+for i in 1 2 3 4 5; do
+    echo "meeting notes for the project review $i" >"$tmp/corpus/ham/$i.txt"
+    echo "win cash now, free prize number $i" >"$tmp/corpus/spam/$i.txt"
+done
+expect_rc "text2libsvm tiny corpus" 0 "$petrel" data text2libsvm --tfidf --bigrams \
+    --test-fraction 0.2 --seed 3 -o "$tmp/tc" "$tmp/corpus"
+grep -q "10 documents (8 train, 2 test), 2 classes" "$tmp/out" &&
+    [[ $(wc -l <"$tmp/tc.train.svm") -eq 8 && $(wc -l <"$tmp/tc.test.svm") -eq 2 ]] &&
+    grep -qx "1 spam" "$tmp/tc.classes" && ok "text2libsvm writes the split and classes" ||
+    fail "text2libsvm writes the split and classes" "$(cat "$tmp/out" "$tmp/err")"
+expect_rc "text2libsvm missing corpus" 1 "$petrel" data text2libsvm -o "$tmp/tc" "$tmp/nocorpus"
+grep -q "petrel: error: converting text: .*nocorpus" "$tmp/err" && ok "missing corpus is named" ||
+    fail "missing corpus is named" "$(cat "$tmp/err")"
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -20,5 +20,6 @@ bool cli_parse_f32(const char *s, float *out);
 
 int cmd_train(int argc, char **argv);
 int cmd_launch(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 #endif

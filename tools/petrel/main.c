@@ -53,6 +53,7 @@ static void usage(FILE *f) {
         "  train      train a model (softmax, mlp, cnn) and write metrics and a checkpoint\n"
         "  launch     run a program as a local job: coordinator, servers, workers\n"
         "  bench      measure a part of petrel against its baselines (net: transports)\n"
+        "  data       prepare datasets (text2libsvm: labelled text to libsvm files)\n"
         "  version    print the version\n"
         "\n"
         "options:\n"
@@ -81,5 +82,6 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
     if (strcmp(cmd, "launch") == 0) return cmd_launch(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0) return cmd_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "data") == 0) return cmd_data(argc - 1, argv + 1);
     return cli_usage_error(NULL, "unknown command '%s'", cmd);
 }
