@@ -13,5 +13,6 @@
 #include "petrel/train.h"
 #include "petrel/net.h"
 #include "petrel/launch.h"
+#include "petrel/hogwild.h"
 
 #endif
