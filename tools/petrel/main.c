@@ -52,7 +52,7 @@ static void usage(FILE *f) {
         "commands:\n"
         "  train      train a model (softmax, mlp, cnn) and write metrics and a checkpoint\n"
         "  launch     run a program as a local job: coordinator, servers, workers\n"
-        "  bench      measure a part of petrel against its baselines (net: transports)\n"
+        "  bench      measure a part of petrel against its baselines (net, allreduce, dp)\n"
         "  data       prepare datasets (text2libsvm: labelled text to libsvm files)\n"
         "  version    print the version\n"
         "\n"
