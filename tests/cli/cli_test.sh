@@ -21,7 +21,7 @@ grep -q "train" "$tmp/out" && ok "help lists train" || fail "help lists train" "
 expect_rc "train help exits 0" 0 "$petrel" train --help
 for flag in --model --hidden --data --test --epochs --batch --optimizer --lr --weight-decay \
             --threads --seed --out --max-steps --kernels --progress --no-progress --quiet --help \
-            --workers --comm --bucket-kb --overlap --no-overlap; do
+            --workers --comm --bucket-kb --overlap --no-overlap --hogwild --locked --round-robin; do
     grep -q -- "$flag" "$tmp/out" || fail "train help lists $flag" "missing"
 done
 grep -q "\[mlp\]" "$tmp/out" && grep -q "\[64\]" "$tmp/out" && ok "train help shows defaults" ||
@@ -95,6 +95,20 @@ grep -q "10 documents (8 train, 2 test), 2 classes" "$tmp/out" &&
 expect_rc "text2libsvm missing corpus" 1 "$petrel" data text2libsvm -o "$tmp/tc" "$tmp/nocorpus"
 grep -q "petrel: error: converting text: .*nocorpus" "$tmp/err" && ok "missing corpus is named" ||
     fail "missing corpus is named" "$(cat "$tmp/err")"
+
+# Hogwild!: sparse logistic regression on the same problem, lock-free and the baselines.
+for mode in --hogwild --locked --round-robin; do
+    expect_rc "logreg $mode" 0 "$petrel" train --model logreg $mode --threads 2 --data "$tmp/train.svm" \
+        --test "$tmp/test.svm" --epochs 20 --lr 0.5 --out "$tmp/hw$mode" --no-progress
+    acc=$(sed -n 's/.*test_accuracy \([0-9.]*\).*/\1/p' "$tmp/out" | tail -1)
+    awk -v a="${acc:-0}" 'BEGIN { exit !(a >= 0.9) }' && ok "logreg $mode accuracy $acc >= 0.9" ||
+        fail "logreg $mode accuracy" "got '${acc}' from: $(tail -c 300 "$tmp/out")"
+done
+grep -q '"strategy":"hogwild"' "$tmp/hw--hogwild/metrics.jsonl" && [[ -s "$tmp/hw--hogwild/model.ckpt" ]] &&
+    ok "hogwild metrics and checkpoint" || fail "hogwild metrics and checkpoint" "missing"
+expect_rc "svm by default lock-free" 0 "$petrel" train --model svm --data "$tmp/train.svm" --epochs 5 \
+    --out "$tmp/svm" --quiet
+expect_rc "hogwild rejects mlp" 2 "$petrel" train --hogwild --model mlp --data "$tmp/train.svm"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

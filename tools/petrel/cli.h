@@ -19,6 +19,13 @@ bool cli_parse_i64(const char *s, int64_t *out);
 bool cli_parse_f32(const char *s, float *out);
 
 int cmd_train(int argc, char **argv);
+
+/* petrel train's Hogwild! path (train_hogwild.c): model is a petrel_hogwild_model
+ * (cli_hogwild_model parses "logreg", "svm", "softmax"), mode a petrel_hogwild_mode;
+ * lr <= 0 takes the engine's default. Returns the exit code. */
+bool cli_hogwild_model(const char *name, int *model);
+int cli_train_hogwild(const char *model_name, int model, int mode, const petrel_dataset *train,
+                      const petrel_dataset *test, const petrel_train_config *cfg, float lr);
 int cmd_launch(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 

@@ -1,6 +1,7 @@
 /* petrel train: single-process training of a built-in model. */
 #include "apps.h"
 #include "cli.h"
+#include "petrel/hogwild.h"
 #include "petrel/launch.h"
 
 #include <getopt.h>
@@ -15,7 +16,7 @@ static void train_usage(FILE *f) {
                "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
                "\n"
                "options (default in brackets):\n"
-               "  --model NAME        softmax | mlp | cnn [mlp]\n"
+               "  --model NAME        softmax | mlp | cnn, or logreg | svm (Hogwild!) [mlp]\n"
                "  --hidden N[,N..]    mlp hidden widths [256]\n"
                "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
                "[fashion-mnist]\n"
@@ -26,7 +27,12 @@ static void train_usage(FILE *f) {
                "  --lr LR             learning rate [sgd 0.1, momentum 0.01, adagrad 0.01, "
                "adam 0.001]\n"
                "  --weight-decay WD   L2 penalty added to gradients [0]\n"
-               "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads) [1]\n"
+               "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads);\n"
+               "                      with Hogwild!, the SGD threads [1]\n"
+               "  --hogwild           lock-free SGD on sparse rows (Recht et al.): logreg, svm\n"
+               "                      or softmax; the default for logreg and svm\n"
+               "  --locked            Hogwild!'s baseline: a global lock around each update\n"
+               "  --round-robin       Hogwild!'s baseline: threads take turns\n"
                "  --seed S            seed for weights and data order [1]\n"
                "  --out DIR           output directory [runs/<model>]\n"
                "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
@@ -120,7 +126,10 @@ int cmd_train(int argc, char **argv) {
         OPT_COMM,
         OPT_BUCKET,
         OPT_NO_OVERLAP,
-        OPT_OVERLAP
+        OPT_OVERLAP,
+        OPT_HOGWILD,
+        OPT_LOCKED,
+        OPT_ROUND_ROBIN
     };
     static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
                                              {"hidden", required_argument, 0, OPT_HIDDEN},
@@ -143,6 +152,9 @@ int cmd_train(int argc, char **argv) {
                                              {"bucket-kb", required_argument, 0, OPT_BUCKET},
                                              {"no-overlap", no_argument, 0, OPT_NO_OVERLAP},
                                              {"overlap", no_argument, 0, OPT_OVERLAP},
+                                             {"hogwild", no_argument, 0, OPT_HOGWILD},
+                                             {"locked", no_argument, 0, OPT_LOCKED},
+                                             {"round-robin", no_argument, 0, OPT_ROUND_ROBIN},
                                              {"quiet", no_argument, 0, 'q'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
@@ -153,6 +165,7 @@ int cmd_train(int argc, char **argv) {
     petrel_dp_config dp = petrel_dp_config_default();
     int workers = 1, overlap = -1; /* -1: by the core count */
     float lr = 0, wd = 0;
+    int hog_mode = -1; /* a petrel_hogwild_mode once --hogwild, --locked or --round-robin */
     int64_t v;
     int c;
     optind = 1;
@@ -237,6 +250,15 @@ int cmd_train(int argc, char **argv) {
         case OPT_NO_OVERLAP:
             overlap = 0;
             break;
+        case OPT_HOGWILD:
+            hog_mode = PETREL_HOGWILD_LOCKFREE;
+            break;
+        case OPT_LOCKED:
+            hog_mode = PETREL_HOGWILD_LOCKED;
+            break;
+        case OPT_ROUND_ROBIN:
+            hog_mode = PETREL_HOGWILD_ROUND_ROBIN;
+            break;
         case OPT_OVERLAP:
             overlap = 1;
             break;
@@ -286,6 +308,18 @@ int cmd_train(int argc, char **argv) {
         mo.width = train->width;
     }
     int rc = CLI_OK;
+    int hog_model;
+    if (hog_mode >= 0 || strcmp(mo.name, "logreg") == 0 || strcmp(mo.name, "svm") == 0) {
+        if (!cli_hogwild_model(mo.name, &hog_model) || workers > 1) {
+            rc = cli_usage_error("train ", "Hogwild! trains logreg, svm or softmax in one process "
+                                           "(--threads T, not --workers)");
+            goto done;
+        }
+        rc =
+            cli_train_hogwild(mo.name, hog_model, hog_mode < 0 ? PETREL_HOGWILD_LOCKFREE : hog_mode,
+                              train, test, &cfg, lr);
+        goto done;
+    }
     if ((err = petrel_model_new(&model, &mo)) != PETREL_OK) {
         rc = cli_fail(err, "building the model", "petrel train --help lists the models");
         goto done;
