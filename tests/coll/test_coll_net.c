@@ -32,31 +32,8 @@ typedef struct shared {
     _Atomic int iterations[8]; /* allreduces each node has finished */
 } shared;
 
-static int listen_fd = -1;
 static shared *sh;
-static char coordinator[64];
-static char job_id[64];
-
-static petrel_net *join(const scenario *s, int rank) {
-    petrel_net_config cfg = petrel_net_config_default();
-    cfg.rank = rank;
-    cfg.size = s->size;
-    cfg.servers = 0;
-    cfg.transport = s->transport;
-    cfg.coordinator = coordinator;
-    cfg.coordinator_fd = rank == 0 ? listen_fd : -1;
-    cfg.token = "coll-token";
-    cfg.job_id = job_id;
-    cfg.heartbeat_ms = 50;
-    cfg.peer_timeout_ms = 1000;
-    cfg.connect_timeout_ms = 10000;
-    petrel_net *net = NULL;
-    if (petrel_net_start(&net, &cfg) != PETREL_OK) {
-        fprintf(stderr, "rank %d: start: %s\n", rank, petrel_errmsg());
-        return NULL;
-    }
-    return net;
-}
+static netjob job;
 
 /* Member r's element i: an integer in -400 .. 400. Sums of up to 5 members stay
  * within 2048, where float16 holds every integer, so float16 results are exact too. */
@@ -195,7 +172,7 @@ static int survive(petrel_net *net, const scenario *s) {
 }
 
 static int node_main(const scenario *s, int rank) {
-    petrel_net *net = join(s, rank);
+    petrel_net *net = netjob_join(&job, rank, s->size, 0, s->transport, "coll-token");
     if (!net) return EXIT_FAIL;
     int rc;
     if (s->victim < 0) {
@@ -209,16 +186,14 @@ static int node_main(const scenario *s, int rank) {
 }
 
 static void run(const scenario *s) {
-    listen_fd = netjob_listen(coordinator, sizeof coordinator);
-    snprintf(job_id, sizeof job_id, "c%d-%llx-%s", (int)getpid(),
-             (unsigned long long)(petrel_now_ns() & 0xffffffffffull), s->name);
+    netjob_begin(&job, s->name);
     memset(sh, 0, sizeof *sh);
     pid_t pids[8];
     for (int r = 0; r < s->size; r++) {
         pids[r] = fork();
         if (pids[r] == 0) _exit(node_main(s, r));
     }
-    close(listen_fd);
+    close(job.listen_fd);
     uint64_t deadline = petrel_now_ns() + 20000000000ull;
     if (s->victim >= 0) {
         /* a couple of allreduces done: the next is under way */

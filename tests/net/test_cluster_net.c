@@ -30,31 +30,8 @@ typedef struct scenario {
     bool stranger; /* connect once with a wrong token */
 } scenario;
 
-static int listen_fd = -1;
 static _Atomic uint64_t *kill_ns; /* shared page: when the parent sent the signal */
-static char coordinator[64];
-static char job_id[64];
-
-static petrel_net *join(const scenario *s, int rank, const char *token) {
-    petrel_net_config cfg = petrel_net_config_default();
-    cfg.rank = rank;
-    cfg.size = s->size;
-    cfg.servers = 1;
-    cfg.transport = s->transport;
-    cfg.coordinator = coordinator;
-    cfg.coordinator_fd = rank == 0 ? listen_fd : -1;
-    cfg.token = token;
-    cfg.job_id = job_id;
-    cfg.heartbeat_ms = 50;
-    cfg.peer_timeout_ms = 1000;
-    cfg.connect_timeout_ms = 10000;
-    petrel_net *net = NULL;
-    if (petrel_net_start(&net, &cfg) != PETREL_OK) {
-        fprintf(stderr, "rank %d: start: %s\n", rank, petrel_errmsg());
-        return NULL;
-    }
-    return net;
-}
+static netjob job;
 
 /* Every node sends an 8 MiB block (8 frames) to the next and checks the one from
  * the previous, then all meet at a barrier. */
@@ -93,7 +70,7 @@ static void note_death(void *ctx, int peer, const char *why) {
 }
 
 static int node_main(const scenario *s, int rank) {
-    petrel_net *net = join(s, rank, "job-token-42");
+    petrel_net *net = netjob_join(&job, rank, s->size, 1, s->transport, "job-token-42");
     if (!net) return EXIT_FAIL;
     petrel_net_on_failure(net, note_death, NULL);
     int rc = exchange(net, s) ? EXIT_OK : EXIT_FAIL;
@@ -137,16 +114,14 @@ static int node_main(const scenario *s, int rank) {
 
 /* Connects to the coordinator with a wrong token, like a process of another job. */
 static bool stranger_refused(const scenario *s) {
-    scenario alone = *s;
     petrel_net_config cfg = petrel_net_config_default();
     cfg.rank = 1;
     cfg.size = s->size;
     cfg.transport = PETREL_TRANSPORT_TCP;
-    cfg.coordinator = coordinator;
+    cfg.coordinator = job.coordinator;
     cfg.token = "wrong-token";
     cfg.job_id = "stranger";
     cfg.connect_timeout_ms = 1500;
-    (void)alone;
     petrel_net *net = NULL;
     petrel_err e = petrel_net_start(&net, &cfg);
     if (e == PETREL_OK) petrel_net_stop(net);
@@ -154,17 +129,13 @@ static bool stranger_refused(const scenario *s) {
 }
 
 static void run(const scenario *s) {
-    listen_fd = netjob_listen(coordinator, sizeof coordinator);
-    /* pid and time: a pid can come back, and a killed node's leftovers must not
-     * collide with a later run */
-    snprintf(job_id, sizeof job_id, "t%d-%llx-%s", (int)getpid(),
-             (unsigned long long)(petrel_now_ns() & 0xffffffffffull), s->name);
+    netjob_begin(&job, s->name);
     pid_t pids[8];
     for (int r = 0; r < s->size; r++) {
         pids[r] = fork();
         if (pids[r] == 0) _exit(node_main(s, r));
     }
-    close(listen_fd);
+    close(job.listen_fd);
     if (s->stranger) CHECK(stranger_refused(s));
     if (s->victim >= 0) {
         usleep(1500000); /* the job forms and exchanges */
