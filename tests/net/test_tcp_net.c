@@ -724,6 +724,16 @@ static int raw_authenticated(node *a, int rank, int size, const char *token) {
     return fd;
 }
 
+/* The setup of the malformed-input tests: node a (rank 0) and a bystander c (rank 2)
+ * of a job of 3, and a raw socket authenticated to a as rank 1, whose frames the
+ * test writes by hand. Returns the socket, or -1 (failure reported); the caller
+ * closes a and c either way. */
+static int intruder_setup(node *a, node *c) {
+    bool ok = node_open(a, 0, 3, "k");
+    ok = node_open(c, 2, 3, "k") && ok;
+    return ok ? raw_authenticated(a, 1, 3, "k") : -1;
+}
+
 static void raw_frame(int fd, petreli_wire_header h, const void *payload, int flip_byte) {
     unsigned char hdr[PETRELI_WIRE_HEADER];
     petreli_wire_encode(&h, hdr);
@@ -751,10 +761,7 @@ static void expect_link_lost(node *a, int fd, int peer, const char *why_part, no
 
 static void test_corrupt_header_after_auth(void) {
     node a, c;
-    bool ok = node_open(&a, 0, 3, "k");
-    ok = node_open(&c, 2, 3, "k") && ok;
-    if (!ok) goto out;
-    int fd = raw_authenticated(&a, 1, 3, "k");
+    int fd = intruder_setup(&a, &c);
     if (fd < 0) goto out;
     CHECK(tcp->connected(a.t, 1));
     unsigned char payload[100];
@@ -774,10 +781,7 @@ out:
  * included), is refused before the node is asked for memory. */
 static void test_oversized_frame(void) {
     node a, c;
-    bool ok = node_open(&a, 0, 3, "k");
-    ok = node_open(&c, 2, 3, "k") && ok;
-    if (!ok) goto out;
-    int fd = raw_authenticated(&a, 1, 3, "k");
+    int fd = intruder_setup(&a, &c);
     if (fd < 0) goto out;
     petreli_wire_header h = header(1, 1, 1, 0);
     h.frame_len = FRAME_MAX + 1;
@@ -796,10 +800,7 @@ out:
 /* A frame that claims another source rank than the authenticated one. */
 static void test_spoofed_source(void) {
     node a, c;
-    bool ok = node_open(&a, 0, 3, "k");
-    ok = node_open(&c, 2, 3, "k") && ok;
-    if (!ok) goto out;
-    int fd = raw_authenticated(&a, 1, 3, "k");
+    int fd = intruder_setup(&a, &c);
     if (fd < 0) goto out;
     raw_frame(fd, header(2, 1, 1, 0), NULL, -1);
     expect_link_lost(&a, fd, 1, "source rank 2", &c);
@@ -812,10 +813,7 @@ out:
 /* The node refuses a frame (frame_begin returns NULL): the link is dropped. */
 static void test_frame_refused(void) {
     node a, c;
-    bool ok = node_open(&a, 0, 3, "k");
-    ok = node_open(&c, 2, 3, "k") && ok;
-    if (!ok) goto out;
-    int fd = raw_authenticated(&a, 1, 3, "k");
+    int fd = intruder_setup(&a, &c);
     if (fd < 0) goto out;
     pthread_mutex_lock(&a.rec.mu);
     a.rec.refuse = true;
