@@ -338,9 +338,11 @@ static void connect_shm(petrel_net *net, uint64_t deadline) {
     }
 }
 
-/* Rank 0: waits until *count (under mu) reaches size - 1, a node dies, or the
- * deadline passes; true in the first case. */
-static bool wait_for_all(petrel_net *net, const int *count, uint64_t deadline) {
+/* Rank 0: waits until *count (under mu) reaches size - 1. PETREL_ERR_TIMEOUT when
+ * the deadline passes (or a node dies) first, listing the ranks for which has(r) is
+ * false and saying what they failed to do. */
+static petrel_err wait_for_all(petrel_net *net, const int *count, bool (*has)(petrel_net *, int),
+                               const char *failed_to, uint64_t deadline) {
     int dead;
     pthread_mutex_lock(&net->mu);
     while (*count < net->size - 1 && !petreli_any_dead(net, &dead) &&
@@ -348,18 +350,17 @@ static bool wait_for_all(petrel_net *net, const int *count, uint64_t deadline) {
     }
     bool all = *count == net->size - 1;
     pthread_mutex_unlock(&net->mu);
-    return all;
+    if (all) return PETREL_OK;
+    char list[256];
+    missing_ranks(net, has, list, sizeof list);
+    return petrel_error_set(PETREL_ERR_TIMEOUT, "the job did not form within %u ms: ranks %s %s",
+                            net->cfg.connect_timeout_ms, list, failed_to);
 }
 
 static petrel_err rendezvous_coordinator(petrel_net *net, uint64_t deadline) {
-    char list[256];
-    if (!wait_for_all(net, &net->registered, deadline)) {
-        missing_ranks(net, is_registered, list, sizeof list);
-        return petrel_error_set(PETREL_ERR_TIMEOUT,
-                                "the job did not form within %u ms: ranks %s never registered "
-                                "with the coordinator",
-                                net->cfg.connect_timeout_ms, list);
-    }
+    petrel_err err = wait_for_all(net, &net->registered, is_registered,
+                                  "never registered with the coordinator", deadline);
+    if (err != PETREL_OK) return err;
     size_t cap = (size_t)net->size * (3 * ADDR_LEN + 4), len = 0;
     char *table = petrel_malloc(cap);
     if (!table) return PETREL_ERR_NOMEM;
@@ -369,18 +370,13 @@ static petrel_err rendezvous_coordinator(petrel_net *net, uint64_t deadline) {
         table[len++] = '\n';
     }
     pthread_mutex_unlock(&net->mu);
-    petrel_err err = PETREL_OK;
     for (int r = 1; r < net->size && err == PETREL_OK; r++)
         err = petreli_send_control(net, r, PETRELI_MSG_TABLE, 0, table, len, CONTROL_SEND_MS);
     petrel_free(table);
+    if (err == PETREL_OK)
+        err = wait_for_all(net, &net->ready_count, is_ready, "did not connect to all their peers",
+                           deadline);
     if (err != PETREL_OK) return err;
-    if (!wait_for_all(net, &net->ready_count, deadline)) {
-        missing_ranks(net, is_ready, list, sizeof list);
-        return petrel_error_set(PETREL_ERR_TIMEOUT,
-                                "the job did not form within %u ms: ranks %s did not connect "
-                                "to all their peers",
-                                net->cfg.connect_timeout_ms, list);
-    }
     /* Every node has mapped the inboxes it will use; rank 0 maps its own before GO,
      * so that after GO no inbox needs its name any more (see seal). */
     connect_shm(net, deadline);
