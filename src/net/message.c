@@ -238,11 +238,15 @@ static void protocol(petrel_net *net, int src, const petreli_wire_header *h,
         bool complete = ++*count == net->size;
         if (complete) *count = 0;
         pthread_mutex_unlock(&net->mu);
+        /* Rank 0 releases itself last: once released it may stop, and its BYE must
+         * not reach a peer before that peer's BARRIER_DONE. */
         if (complete)
-            for (int r = 0; r < net->size; r++)
+            for (int k = 1; k <= net->size; k++) {
+                int r = k % net->size;
                 if (r == 0 || atomic_load(&net->peers[r].alive))
                     (void)petreli_send_control(net, r, PETRELI_MSG_BARRIER_DONE, h->id, NULL, 0,
                                                CONTROL_SEND_MS);
+            }
         return;
     }
     case PETRELI_MSG_BARRIER_DONE:

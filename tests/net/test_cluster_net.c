@@ -74,6 +74,7 @@ static int node_main(const scenario *s, int rank) {
     if (!net) return EXIT_FAIL;
     petrel_net_on_failure(net, note_death, NULL);
     int rc = exchange(net, s) ? EXIT_OK : EXIT_FAIL;
+    if (rc == EXIT_FAIL) fprintf(stderr, "rank %d: exchange failed: %s\n", rank, petrel_errmsg());
     if (rc == EXIT_OK && s->victim >= 0) {
         if (rank == s->victim) {
             pause(); /* the parent kills or stops us here */
@@ -108,6 +109,7 @@ static int node_main(const scenario *s, int rank) {
         if (petrel_net_get_stats(net).frames_rejected == 0) rc = EXIT_FAIL;
     }
     if (rc == EXIT_OK && petrel_net_barrier(net, 5000) != PETREL_OK) rc = EXIT_FAIL;
+    if (rc == EXIT_FAIL) fprintf(stderr, "rank %d failed: %s\n", rank, petrel_errmsg());
     petrel_net_stop(net);
     return rc;
 }
