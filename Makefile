@@ -47,6 +47,8 @@ bench: deps build
 	./$(BUILD)/petrel bench net
 	./$(BUILD)/petrel bench allreduce
 	./$(BUILD)/petrel bench dp
+	./$(BUILD)/petrel bench ps
+	./$(BUILD)/petrel bench hogwild
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -4,14 +4,15 @@
 #                            mpirun and ip (for the net tests that start real jobs), WordNet and
 #                            fortunes (text corpora for petrel data text2libsvm, docs/text.md)
 #   scripts/deps.sh --bench  also the benchmark references (PyTorch and the BLAS it needs; Open
-#                            MPI's headers and mpirun for bench/mpi_allreduce.c)
+#                            MPI's headers and mpirun for bench/mpi_allreduce.c; liblinear's
+#                            train and predict programs for petrel bench hogwild)
 # As root it runs apt-get; otherwise it prints the exact command to run and fails.
 set -euo pipefail
 
 packages=(gcc make cmake pkg-config libopenblas-dev zlib1g-dev dataset-fashion-mnist
           openmpi-bin iproute2 wordnet-base fortunes-min)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages=(python3-torch libopenblas0 python3-numpy libopenmpi-dev openmpi-bin)
+    packages=(python3-torch libopenblas0 python3-numpy libopenmpi-dev openmpi-bin liblinear-tools)
 fi
 
 missing=()

@@ -3,9 +3,10 @@
  * batcher that shards, shuffles and gathers mini-batches for data-parallel training.
  *
  * Formats (docs/data.md has the details and the exact error shapes):
- *   IDX     images idx3 + labels idx1, pixels scaled to [0, 1]; dense.
- *   libsvm  "label index:value ..." with 1-based ascending indices; sparse (CSR).
- *   CSV     numeric columns, one of them the label; dense.
+ *   IDX      images idx3 + labels idx1, pixels scaled to [0, 1]; dense.
+ *   libsvm   "label index:value ..." with 1-based ascending indices; sparse (CSR).
+ *   CSV      numeric columns, one of them the label; dense.
+ *   ratings  "user item rating" triplets for matrix factorization (petrel_ratings).
  * Every reader also accepts a gzip-compressed file (detected by its 1f 8b magic).
  * Labels become classes 0 .. num_classes-1: IDX labels are used as they are;
  * libsvm and CSV label values are sorted ascending and numbered, so -1 -> 0 and
@@ -200,6 +201,63 @@ int64_t petrel_batcher_next_sparse(petrel_batcher *b, const petrel_csr **rows, i
  * start_epoch). Returns the count as petrel_batcher_next does. The three next
  * functions share one position in the epoch. */
 int64_t petrel_batcher_next_indices(petrel_batcher *b, const uint32_t **idx);
+
+/* ---- ratings for matrix factorization (ratings.c) ------------------------ */
+
+/* Ratings for matrix factorization: one "user item rating" triplet per line
+ * (whitespace separated; user and item are integers >= 0, rating a finite float;
+ * blank lines and lines starting with '#' are skipped). docs/formats.md has the
+ * format; the file may be gzip-compressed. A petrel_ratings is plain data: its
+ * arrays are owned by it (petrel_ratings_fini frees them), read-only once made and
+ * safe to share between threads. */
+typedef struct petrel_ratings {
+    int64_t n;            /* triplets */
+    int64_t users, items; /* largest id + 1 */
+    int32_t *user, *item; /* n each */
+    float *rating;        /* n */
+} petrel_ratings;
+
+/* Reads path into *out: ids are decimal digits only, 0 .. INT32_MAX; a rating is a
+ * finite number within float range; fields are separated by spaces or tabs, lines
+ * end in "\n" or "\r\n", the last may lack its end. '#' as the first non-blank
+ * character makes the line a comment; anything after the third field is an error.
+ * Errors: PETREL_ERR_IO (cannot open or read), PETREL_ERR_FORMAT ("path:LINE: ..."
+ * naming a missing field, a non-number, a negative or too large id, a rating that
+ * is not finite, trailing junk; "path: no ratings" for a file without triplets;
+ * more than 2^32-1 triplets), PETREL_ERR_NOMEM. On failure *out is untouched; on
+ * success the caller frees it with petrel_ratings_fini. */
+PETREL_NODISCARD petrel_err petrel_ratings_read(const char *path, petrel_ratings *out);
+
+/* Splits r by a seeded shuffle: a test_fraction of the triplets go to test.
+ * users/items of both = r's. Exactly floor(test_fraction * n + 0.5) triplets, the
+ * first ones of a Fisher-Yates permutation of 0..n-1 drawn by a petrel_rng seeded
+ * with seed, go to *test, the others to *train; both keep r's order. r is borrowed.
+ * Errors: PETREL_ERR_INVALID (test_fraction outside [0, 1), more than 2^32-1
+ * triplets), PETREL_ERR_NOMEM; on failure *train and *test are untouched. Either
+ * may come out with n = 0 (its arrays are still allocated); free both with
+ * petrel_ratings_fini. */
+PETREL_NODISCARD petrel_err petrel_ratings_split(const petrel_ratings *r, double test_fraction,
+                                                 uint64_t seed, petrel_ratings *train,
+                                                 petrel_ratings *test);
+
+/* Writes a synthetic low-rank set: users x items ratings matrix U V^T (+ gaussian
+ * noise) of the given rank, observed with probability density, seeded; for tests
+ * and benchmarks. U (users, rank) and V (items, rank) hold independent normal
+ * entries of mean 0 and variance 1/sqrt(rank), so that a noiseless rating U_u . V_i
+ * has variance 1; an observed rating is U_u . V_i + noise * N(0, 1). Each (user,
+ * item) pair is observed independently with probability density (so about
+ * density * users * items triplets), written in row-major order with 7 significant
+ * digits after a '#' line naming the parameters. The same arguments give the same
+ * file. Errors: PETREL_ERR_INVALID (users or items outside 1 .. 2^31, rank outside
+ * 1 .. 4096, density outside (0, 1], noise negative or not finite), PETREL_ERR_IO
+ * (cannot create or write path), PETREL_ERR_NOMEM. The file may be left partly
+ * written on failure. */
+PETREL_NODISCARD petrel_err petrel_ratings_synth(const char *path, int64_t users, int64_t items,
+                                                 int rank, double density, double noise,
+                                                 uint64_t seed);
+
+/* Frees r's arrays and zeroes it. Accepts NULL. */
+void petrel_ratings_fini(petrel_ratings *r);
 
 /* ---- text to hashed bag-of-words (text.c) -------------------------------- */
 

@@ -3,13 +3,18 @@
  * Re, Wright and Niu, NIPS 2011), with the paper's baselines.
  *
  * Models: binary logistic regression (log loss), linear SVM (hinge loss) and
- * softmax regression over C classes, each with an optional L2 term applied lazily
- * to the coordinates a sample touches (docs/hogwild.md). Weights start at zero.
+ * softmax regression over C classes on sparse features (petrel_hogwild_train),
+ * each with an optional L2 term applied lazily to the coordinates a sample touches
+ * (docs/hogwild.md), weights starting at zero; and matrix factorization on ratings
+ * (petrel_hogwild_train_mf): user factors L (users, R) and item factors R (items, R)
+ * fitted to "user item rating" triplets by SGD on the squared error, with L2 on the
+ * two rows a rating touches.
  *
  * Engine: every epoch a seeded permutation of the samples (the batcher's rule in
  * data.h: petrel_rng seeded with seed ^ 0x9e3779b97f4a7c15 * (epoch + 1)) is split
  * into `threads` contiguous partitions [t*n/T, (t+1)*n/T); thread t runs plain SGD,
- * one sample at a time, over its own partition with step lr * decay^epoch. The
+ * one sample (a row, or a rating) at a time, over its own partition with step
+ * lr * decay^epoch. The
  * weights are shared by all threads and accessed only through relaxed C11 atomics
  * (load, compute, store): updates may be lost, as Hogwild allows, but there is no
  * data race in the C memory model, so ThreadSanitizer stays clean. The modes:
@@ -22,8 +27,9 @@
  * Ownership: the datasets are borrowed for the call; the result owns its arrays
  * (petrel_hogwild_result_fini frees them). Allocation through petrel_malloc.
  *
- * Threading: petrel_hogwild_train starts and joins its own threads; concurrent
- * calls on different results are independent. A result is plain data.
+ * Threading: petrel_hogwild_train and petrel_hogwild_train_mf start and join their
+ * own threads; concurrent calls on different results are independent. A result is
+ * plain data.
  *
  *     petrel_hogwild_config cfg = petrel_hogwild_config_default();
  *     cfg.model = PETREL_HOGWILD_LOGREG, cfg.threads = 4, cfg.epochs = 10;
@@ -47,6 +53,8 @@ typedef enum petrel_hogwild_model {
     PETREL_HOGWILD_LOGREG = 0, /* labels 0/1; log loss log(1 + exp(-s w.x)), s = 2y - 1 */
     PETREL_HOGWILD_SVM,        /* labels 0/1; hinge loss max(0, 1 - s w.x), s = 2y - 1 */
     PETREL_HOGWILD_SOFTMAX,    /* labels 0..C-1; cross-entropy of softmax(W x), W (C, D) */
+    PETREL_HOGWILD_MF,         /* ratings; squared error (r - L_u . R_i)^2, L (users, R),
+                                  R (items, R): petrel_hogwild_train_mf only */
     PETREL_HOGWILD_MODEL_COUNT
 } petrel_hogwild_model;
 
@@ -57,24 +65,25 @@ typedef enum petrel_hogwild_mode {
     PETREL_HOGWILD_MODE_COUNT
 } petrel_hogwild_mode;
 
-/* "logreg" | "svm" | "softmax"; "lockfree" | "locked" | "round-robin". */
+/* "logreg" | "svm" | "softmax" | "mf"; "lockfree" | "locked" | "round-robin". */
 const char *petrel_hogwild_model_name(petrel_hogwild_model model);
 const char *petrel_hogwild_mode_name(petrel_hogwild_mode mode);
 
 /* Called after each sample's update on the thread that made it: epoch, thread
- * index (0..threads-1) and dataset row. For tests and instrumentation; it must be
- * thread-safe. */
+ * index (0..threads-1) and dataset row (MF: the rating's index). For tests and
+ * instrumentation; it must be thread-safe. */
 typedef void (*petrel_hogwild_sample_fn)(void *arg, int64_t epoch, int thread, int64_t row);
 
 /* Plain data, passed by value. */
 typedef struct petrel_hogwild_config {
-    petrel_hogwild_model model;
+    petrel_hogwild_model model; /* not read by petrel_hogwild_train_mf */
     petrel_hogwild_mode mode;
     int threads;                        /* >= 1; 1 is the serial baseline whatever the mode */
     int64_t epochs;                     /* >= 1 */
     float lr;                           /* > 0: step size of epoch 0 */
     float decay;                        /* in (0, 1]: epoch e steps with lr * decay^e */
-    float l2;                           /* >= 0: lazy L2 on touched coordinates, 0 = none */
+    float l2;                           /* >= 0: lazy L2 on touched coordinates (MF: on
+                                           the touched rows of L and R), 0 = none */
     uint64_t seed;                      /* permutation seed */
     bool shuffle;                       /* a new permutation every epoch, else the file order */
     petrel_hogwild_sample_fn on_sample; /* NULL: none */
@@ -88,20 +97,30 @@ petrel_hogwild_config petrel_hogwild_config_default(void);
 /* What one epoch did. */
 typedef struct petrel_hogwild_epoch {
     double train_loss;      /* mean data loss of each sample just before its own update
-                               (progressive loss), without the L2 term */
-    double test_accuracy;   /* after the epoch; NAN without a test set */
+                               (progressive loss), without the L2 term; MF: the mean
+                               squared error (r - L_u . R_i)^2 */
+    double test_accuracy;   /* after the epoch; NAN without a test set, and for MF */
     double seconds;         /* wall time of the SGD pass (evaluation excluded) */
-    double samples_per_sec; /* samples / seconds */
-    double nnz_per_sec;     /* nonzero features processed / seconds */
+    double samples_per_sec; /* samples (rows, or ratings) / seconds */
+    double nnz_per_sec;     /* nonzero features processed / seconds; MF: 2 per rating,
+                               its user and its item */
     int64_t samples;        /* samples processed (n, when nothing went wrong) */
+    double train_rmse;      /* MF: root mean squared error over the whole training set
+                               after the epoch; NAN for the other models */
+    double test_rmse;       /* MF: the same over the test set; NAN without one, and for
+                               the other models */
 } petrel_hogwild_epoch;
 
 typedef struct petrel_hogwild_result {
     petrel_hogwild_model model;
     int64_t epochs;
     petrel_hogwild_epoch *epoch; /* epochs entries, owned */
-    int64_t rows, dim;           /* weights shape: rows 1 (logreg, svm) or C (softmax) */
-    float *weights;              /* (rows, dim) row-major, owned */
+    int64_t rows, dim;           /* weights shape: rows 1 (logreg, svm), C (softmax), or
+                                    users + items (MF, dim = the rank R) */
+    float *weights;              /* (rows, dim) row-major, owned; MF: rows [0, users) are
+                                    the user factors L, rows [users, rows) the item
+                                    factors R */
+    int64_t users, items;        /* MF: the factor rows; 0 for the other models */
 } petrel_hogwild_result;
 
 /* Trains cfg.model on train (sparse, borrowed) with cfg's engine, evaluating on
@@ -112,15 +131,42 @@ typedef struct petrel_hogwild_result {
  * decay outside (0, 1], l2 < 0, an unknown model or mode, a dense or empty
  * dataset, a binary model on a dataset whose classes are not exactly 2, softmax
  * on fewer than 2 classes, more than 2^32-1 samples, a test set with more
- * classes than train), PETREL_ERR_NOMEM (also a thread that could not start). */
+ * classes than train, the model PETREL_HOGWILD_MF, which petrel_hogwild_train_mf
+ * trains), PETREL_ERR_NOMEM (also a thread that could not start). */
 PETREL_NODISCARD petrel_err petrel_hogwild_train(const petrel_dataset *train,
                                                  const petrel_dataset *test,
                                                  petrel_hogwild_config cfg,
                                                  petrel_hogwild_result *r);
 
 /* Fraction of d's samples (sparse) that r's weights classify correctly; NAN when
- * d is empty or dense. Columns past r->dim are ignored. */
+ * d is empty or dense, or r is MF. Columns past r->dim are ignored. */
 double petrel_hogwild_accuracy(const petrel_hogwild_result *r, const petrel_dataset *d);
+
+/* Matrix factorization on ratings: fits L (users, rank) and R (items, rank) so that
+ * L_u . R_i approximates each rating r of train (borrowed), with cfg's engine,
+ * evaluating the RMSE on train and on test (may be NULL) after each epoch.
+ * users = max(train->users, test->users), items likewise, so that every id of both
+ * sets has factors. Factors start independent, (2 u - 1) / sqrt(rank) with u from
+ * petrel_rng_uniform seeded with cfg.seed ^ 0x6d66, in the order L then R, row by
+ * row (uniform in [-1/sqrt(rank), 1/sqrt(rank)); the same seed, the same start). One
+ * step on rating (u, i, r), e = L_u . R_i - r, with the rows read before either is
+ * written:
+ *     L_u -= lr_e (e R_i + l2 L_u),   R_i -= lr_e (e L_u + l2 R_i)
+ * the gradient of e^2/2 + l2/2 (|L_u|^2 + |R_i|^2). cfg.model is not read; the
+ * result's model is PETREL_HOGWILD_MF, its weights [L; R] (users + items, rank).
+ * Errors: PETREL_ERR_INVALID (cfg as for petrel_hogwild_train, rank outside
+ * 1 .. 4096, an empty train set, more than 2^32-1 ratings, an id outside
+ * 0 .. users-1 or 0 .. items-1 of its set), PETREL_ERR_NOMEM (also a thread that
+ * could not start); on failure *r is untouched. */
+PETREL_NODISCARD petrel_err petrel_hogwild_train_mf(const petrel_ratings *train,
+                                                    const petrel_ratings *test,
+                                                    petrel_hogwild_config cfg, int rank,
+                                                    petrel_hogwild_result *r);
+
+/* Root mean squared error of r's factors (an MF result) on d: sqrt(mean (L_u . R_i
+ * - r)^2), an id beyond r's users or items predicting 0. NAN when r is not MF or d
+ * is empty. */
+double petrel_hogwild_rmse(const petrel_hogwild_result *r, const petrel_ratings *d);
 
 /* Frees what r owns and zeroes it. Accepts NULL. */
 void petrel_hogwild_result_fini(petrel_hogwild_result *r);

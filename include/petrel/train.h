@@ -20,6 +20,7 @@
 #include "petrel/coll.h"
 #include "petrel/data.h"
 #include "petrel/nn.h"
+#include "petrel/ps.h"
 
 #include <stdio.h>
 
@@ -78,7 +79,7 @@ PETREL_NODISCARD petrel_err petrel_train(petrel_model *m, const petrel_dataset *
 
 /* One training step on a batch x (n, in_dim), y (n): resets g, runs the forward
  * and the mean softmax cross-entropy, zeroes the gradients, runs the backward and
- * applies opt to the model's flat buffers. *loss receives the batch's mean loss.
+ * applies opt to the model's flat buffers (opt NULL: leaves the gradients there). *loss receives the batch's mean loss.
  * After the first steps have sized g's arena it allocates nothing. */
 PETREL_NODISCARD petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt,
                                               float *x, const int32_t *y, int64_t n, float *loss);
@@ -128,6 +129,47 @@ PETREL_NODISCARD petrel_err petrel_train_dp(petrel_model *m, const petrel_datase
                                             const petrel_dataset *test,
                                             const petrel_train_config *cfg, petrel_comm *comm,
                                             petrel_dp_config dp, petrel_train_result *result);
+
+/* ---- training through the parameter server (ps.h) ---------------------------------- */
+
+typedef struct petrel_ps_train_config {
+    petrel_ps_sync sync;     /* of every table */
+    int straggler;           /* the worker index to slow down, -1: none */
+    double straggler_factor; /* its clocks take this many times their compute time (>= 1) */
+    int mf_rank;             /* matrix factorization: factor width */
+    float mf_l2;             /* matrix factorization: L2 on the factors */
+} petrel_ps_train_config;
+
+/* BSP, no straggler, mf rank 16, l2 0.02. */
+petrel_ps_train_config petrel_ps_train_config_default(void);
+
+/* Every node of a PS job calls one of these after petrel_ps_start, with the same
+ * arguments: they make the app's tables; servers and rank 0 then serve, and each
+ * worker trains on its shard, one clock per mini-batch of cfg->batch, the servers
+ * applying cfg->optim (as the table's update rule) to the gradients the workers
+ * push. Worker 0 evaluates after every epoch and writes out_dir/metrics.jsonl;
+ * worker k writes out_dir/worker-k/metrics.jsonl. Events: "start", "clock" (loss,
+ * time, wait, bytes, stale reads), "epoch", "final" (totals and the staleness
+ * histogram). The caller ends with petrel_ps_stop. */
+
+/* A petrel_model (the MLP) with its flat parameters in one dense table. */
+PETREL_NODISCARD petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m,
+                                            const petrel_dataset *train, const petrel_dataset *test,
+                                            const petrel_train_config *cfg,
+                                            petrel_ps_train_config pc, petrel_train_result *r);
+/* Sparse logistic (two classes) or softmax regression on libsvm data: a sparse
+ * table keyed by feature. */
+PETREL_NODISCARD petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
+                                                   const petrel_dataset *test,
+                                                   const petrel_train_config *cfg,
+                                                   petrel_ps_train_config pc,
+                                                   petrel_train_result *r);
+/* Matrix factorization by SGD on ratings: user and item factor tables; the train
+ * loss is the mean squared error, test_loss the test RMSE (accuracy is NAN). */
+PETREL_NODISCARD petrel_err petrel_train_ps_mf(petrel_ps *ps, const petrel_ratings *train,
+                                               const petrel_ratings *test,
+                                               const petrel_train_config *cfg,
+                                               petrel_ps_train_config pc, petrel_train_result *r);
 
 /* ---- metrics.jsonl -------------------------------------------------------------- */
 

@@ -575,6 +575,17 @@ void petrel_net_stop(petrel_net *net) {
                 pthread_mutex_unlock(&net->peers[r].send_mu);
                 (void)petreli_send_control(net, r, PETRELI_MSG_BYE, 0, NULL, 0, 200);
             }
+        /* Linger for the peers' goodbyes (they stop too, usually just after a barrier):
+         * closing a TCP socket with their last bytes unread would reset the connection,
+         * and a reset can destroy what we sent last, our BYE included. */
+        uint64_t deadline = petreli_deadline_after(LINGER_MS);
+        pthread_mutex_lock(&net->mu);
+        for (int r = 0; r < net->size; r++)
+            while (r != net->rank && atomic_load(&net->peers[r].alive) &&
+                   !atomic_load(&net->peers[r].left) && !atomic_load(&net->peers[r].bye_ns) &&
+                   petreli_wait_until(net, deadline)) {
+            }
+        pthread_mutex_unlock(&net->mu);
     }
     /* Every receive thread stops before any transport is freed: one transport's
      * events can reach the other (a BYE over TCP asks whether shm is still up). */

@@ -16,6 +16,7 @@
 #define CONTROL_SEND_MS 1000        /* bound on a protocol send from an internal thread */
 #define TICK_MS         20          /* the monitor thread's period */
 #define POLL_NS         50000       /* how long a wait polls before it sleeps */
+#define LINGER_MS       300         /* bound on waiting for the peers' BYEs when stopping */
 #define BYE_GRACE_MS    500         /* bound on waiting for a departed peer's shm to drain */
 
 typedef struct node_entry {

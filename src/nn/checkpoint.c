@@ -24,9 +24,10 @@
  */
 #include "petrel/nn.h"
 
+#include "core/core_impl.h"
+
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,40 +85,6 @@ static bool host_is_little_endian(void) {
 
 /* ---- save ---------------------------------------------------------------------- */
 
-static petrel_err write_file_atomic(const char *path, const unsigned char *bytes, size_t len) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return petrel_error_set(PETREL_ERR_INVALID, "%s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return petrel_error_set(PETREL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    size_t done = 0;
-    while (done < len) {
-        ssize_t w = write(fd, bytes + done, len - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return petrel_error_set(PETREL_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
-        }
-        done += (size_t)w;
-    }
-    /* fsync before rename: after a crash the name points at either the old file or
-     * the complete new one, never at a partial write. */
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return petrel_error_set(PETREL_ERR_IO, "%s: fsync failed: %s", tmp, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return petrel_error_set(PETREL_ERR_IO, "%s: rename failed: %s", path, strerror(e));
-    }
-    return PETREL_OK;
-}
-
 petrel_err petrel_checkpoint_save(const petrel_params *p, const char *meta, const char *path) {
     if (!host_is_little_endian())
         return petrel_error_set(PETREL_ERR_UNSUPPORTED, "checkpoints need a little-endian host");
@@ -156,7 +123,7 @@ petrel_err petrel_checkpoint_save(const petrel_params *p, const char *meta, cons
         petrel_free(b.p);
         return PETREL_ERR_NOMEM;
     }
-    petrel_err err = write_file_atomic(path, b.p, b.len);
+    petrel_err err = petreli_write_file_atomic(path, b.p, b.len);
     petrel_free(b.p);
     return err;
 }

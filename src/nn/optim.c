@@ -8,7 +8,7 @@
  *             p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
  * with g = grad + weight_decay * p when weight decay is set.
  */
-#include "petrel/nn.h"
+#include "nn/nn_impl.h"
 
 #include <math.h>
 #include <string.h>
@@ -54,7 +54,7 @@ petrel_err petrel_optim_new(petrel_optim **out, petrel_optim_config cfg, size_t 
     if (!o) return PETREL_ERR_NOMEM;
     o->cfg = cfg;
     o->n = n;
-    size_t slots = cfg.kind == PETREL_OPTIM_ADAM ? 2 : cfg.kind == PETREL_OPTIM_SGD ? 0 : 1;
+    int slots = petreli_optim_state_per_param(cfg.kind);
     if (slots >= 1 && !(o->m = petrel_calloc(n ? n : 1, sizeof(float)))) goto fail;
     if (slots >= 2 && !(o->v = petrel_calloc(n ? n : 1, sizeof(float)))) goto fail;
     *out = o;
@@ -75,12 +75,16 @@ void petrel_optim_set_lr(petrel_optim *o, float lr) {
     o->cfg.lr = lr;
 }
 
-void petrel_optim_step(petrel_optim *o, float *restrict p, const float *restrict g) {
-    const petrel_optim_config c = o->cfg;
-    const size_t n = o->n;
+int petreli_optim_state_per_param(petrel_optim_kind kind) {
+    return kind == PETREL_OPTIM_ADAM ? 2 : kind == PETREL_OPTIM_SGD ? 0 : 1;
+}
+
+void petreli_optim_apply(const petrel_optim_config *cfg, int64_t step, float *restrict p,
+                         const float *restrict g, float *restrict s1, float *restrict s2,
+                         size_t n) {
+    const petrel_optim_config c = *cfg;
     const float wd = c.weight_decay, lr = c.lr;
-    float *restrict m = o->m, *restrict v = o->v;
-    o->t++;
+    float *restrict m = s1, *restrict v = s2;
     switch (c.kind) {
     case PETREL_OPTIM_SGD:
         for (size_t i = 0; i < n; i++) p[i] -= lr * (g[i] + wd * p[i]);
@@ -99,8 +103,8 @@ void petrel_optim_step(petrel_optim *o, float *restrict p, const float *restrict
         }
         return;
     case PETREL_OPTIM_ADAM: {
-        float c1 = 1.0f / (1.0f - powf(c.beta1, (float)o->t));
-        float c2 = 1.0f / (1.0f - powf(c.beta2, (float)o->t));
+        float c1 = 1.0f / (1.0f - powf(c.beta1, (float)step));
+        float c2 = 1.0f / (1.0f - powf(c.beta2, (float)step));
         for (size_t i = 0; i < n; i++) {
             float gi = g[i] + wd * p[i];
             m[i] = c.beta1 * m[i] + (1.0f - c.beta1) * gi;
@@ -113,4 +117,9 @@ void petrel_optim_step(petrel_optim *o, float *restrict p, const float *restrict
         break;
     }
     PETREL_UNREACHABLE("unknown optimizer kind");
+}
+
+void petrel_optim_step(petrel_optim *o, float *restrict p, const float *restrict g) {
+    o->t++;
+    petreli_optim_apply(&o->cfg, o->t, p, g, o->m, o->v, o->n);
 }

@@ -154,7 +154,7 @@ petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt
     petrel_params_zero_grad(m->params);
     petrel_err err = petrel_backward(g, l);
     if (err != PETREL_OK) return err;
-    petrel_optim_step(opt, petrel_params_data(m->params), petrel_params_grad(m->params));
+    if (opt) petrel_optim_step(opt, petrel_params_data(m->params), petrel_params_grad(m->params));
     *loss = l->data[0];
     return PETREL_OK;
 }

@@ -21,7 +21,8 @@ grep -q "train" "$tmp/out" && ok "help lists train" || fail "help lists train" "
 expect_rc "train help exits 0" 0 "$petrel" train --help
 for flag in --model --hidden --data --test --epochs --batch --optimizer --lr --weight-decay \
             --threads --seed --out --max-steps --kernels --progress --no-progress --quiet --help \
-            --workers --comm --bucket-kb --overlap --no-overlap --hogwild --locked --round-robin; do
+            --workers --comm --bucket-kb --overlap --no-overlap --hogwild --locked --round-robin \
+            --l2 --decay --test-fraction --rank; do
     grep -q -- "$flag" "$tmp/out" || fail "train help lists $flag" "missing"
 done
 grep -q "\[mlp\]" "$tmp/out" && grep -q "\[64\]" "$tmp/out" && ok "train help shows defaults" ||
@@ -109,6 +110,36 @@ grep -q '"strategy":"hogwild"' "$tmp/hw--hogwild/metrics.jsonl" && [[ -s "$tmp/h
 expect_rc "svm by default lock-free" 0 "$petrel" train --model svm --data "$tmp/train.svm" --epochs 5 \
     --out "$tmp/svm" --quiet
 expect_rc "hogwild rejects mlp" 2 "$petrel" train --hogwild --model mlp --data "$tmp/train.svm"
+
+# Matrix factorization by Hogwild!: synthetic rank-4 ratings (noise 0.1), every mode.
+expect_rc "synth-ratings help exits 0" 0 "$petrel" data synth-ratings --help
+for flag in --users --items --rank --density --noise --seed; do
+    grep -q -- "$flag" "$tmp/out" || fail "synth-ratings help lists $flag" "missing"
+done
+expect_rc "synth-ratings" 0 "$petrel" data synth-ratings --users 400 --items 400 --rank 4 \
+    --density 0.1 --noise 0.1 --seed 7 "$tmp/mf.ratings"
+n=$(grep -vc '^#' "$tmp/mf.ratings")
+[[ $n -gt 15000 && $n -lt 17000 ]] && ok "synth-ratings wrote $n ratings (about 16000)" ||
+    fail "synth-ratings count" "$n lines"
+expect_rc "synth-ratings bad density" 2 "$petrel" data synth-ratings --density 1.5 "$tmp/x.ratings"
+for mode in --hogwild --locked --round-robin; do
+    expect_rc "mf $mode" 0 "$petrel" train --model mf $mode --threads 2 --rank 4 --data "$tmp/mf.ratings" \
+        --epochs 25 --lr 0.15 --decay 0.95 --l2 0.001 --out "$tmp/mf$mode" --quiet
+    rmse=$(sed -n 's/.*test_rmse \([0-9.]*\).*/\1/p' "$tmp/out" | tail -1)
+    awk -v r="${rmse:-9}" 'BEGIN { exit !(r < 0.2) }' && ok "mf $mode test RMSE $rmse < 0.2" ||
+        fail "mf $mode test RMSE" "got '${rmse}' from: $(tail -c 300 "$tmp/out")"
+done
+[[ $(grep -c '"event":"epoch".*"test_rmse"' "$tmp/mf--hogwild/metrics.jsonl") -eq 25 ]] &&
+    grep -q '"event":"final".*"test_rmse"' "$tmp/mf--hogwild/metrics.jsonl" &&
+    [[ -s "$tmp/mf--hogwild/model.ckpt" ]] && ok "mf metrics and checkpoint" ||
+    fail "mf metrics and checkpoint" "$(head -c 300 "$tmp/mf--hogwild/metrics.jsonl")"
+printf '0 0 4\n1 2 3.5\n# comment\n2 -1 5\n' >"$tmp/bad.ratings"
+expect_rc "malformed ratings" 1 "$petrel" train --model mf --data "$tmp/bad.ratings" --out "$tmp/mfbad"
+grep -q "bad.ratings:4: item id '-1' is negative" "$tmp/err" && ok "malformed ratings name file and line" ||
+    fail "malformed ratings name file and line" "$(cat "$tmp/err")"
+expect_rc "mf without data" 2 "$petrel" train --model mf
+expect_rc "test-fraction outside mf" 2 "$petrel" train --model logreg --test-fraction 0.2 \
+    --data "$tmp/train.svm"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

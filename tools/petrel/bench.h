@@ -22,6 +22,16 @@ int bench_allreduce(int argc, char **argv);
  * --workers 2 against one petrel process and PyTorch DDP; argv[0] is "dp". */
 int bench_dp(int argc, char **argv);
 
+/* petrel bench ps (bench_ps.c): the parameter server's push and pull round trips,
+ * throughput and sparse push in jobs of 1 server and 1 or 2 workers, over shared
+ * memory and TCP, against petrel's raw transport; argv[0] is "ps". */
+int bench_ps(int argc, char **argv);
+
+/* petrel bench hogwild (bench_hogwild.c): Hogwild! with 1 and 2 threads, lock-free,
+ * locked and round-robin, against liblinear on WordNet glosses and Fashion-MNIST as
+ * libsvm files; argv[0] is "hogwild". */
+int bench_hogwild(int argc, char **argv);
+
 /* ---- the harness (bench_harness.c) ------------------------------------------------- */
 
 /* "64 KiB", "4 MiB", "100 B" into buf; returns buf. */

@@ -2,6 +2,7 @@
 #ifndef PETREL_CLI_H
 #define PETREL_CLI_H
 
+#include "apps.h"
 #include "petrel/petrel.h"
 
 /* Exit codes: 0 success, 1 failure, 2 usage error. */
@@ -21,11 +22,33 @@ bool cli_parse_f32(const char *s, float *out);
 int cmd_train(int argc, char **argv);
 
 /* petrel train's Hogwild! path (train_hogwild.c): model is a petrel_hogwild_model
- * (cli_hogwild_model parses "logreg", "svm", "softmax"), mode a petrel_hogwild_mode;
- * lr <= 0 takes the engine's default. Returns the exit code. */
+ * (cli_hogwild_model parses "logreg", "svm", "softmax", "mf"), mode a
+ * petrel_hogwild_mode; lr <= 0 takes the engine's default; l2 >= 0, decay in
+ * (0, 1] as in petrel_hogwild_config. cli_train_mf
+ * reads the ratings file data and, without test_path, holds out test_fraction of
+ * it (seeded by cfg->seed). Both return the exit code. */
 bool cli_hogwild_model(const char *name, int *model);
-int cli_train_hogwild(const char *model_name, int model, int mode, const petrel_dataset *train,
-                      const petrel_dataset *test, const petrel_train_config *cfg, float lr);
+int cli_train_hogwild(int model, int mode, const petrel_dataset *train, const petrel_dataset *test,
+                      const petrel_train_config *cfg, float lr, float l2, float decay);
+int cli_train_mf(const char *data, const char *test_path, double test_fraction, int rank, int mode,
+                 const petrel_train_config *cfg, float lr, float l2, float decay);
+/* petrel train's parameter-server path (train_ps.c). */
+typedef struct cli_ps_options {
+    int servers, workers;
+    petrel_ps_train_config train; /* sync, straggler, mf rank */
+    const char *resume;           /* --resume DIR, or NULL */
+    int64_t snapshot_every;       /* --snapshot-every N (0: no snapshots) */
+} cli_ps_options;
+
+cli_ps_options cli_ps_options_default(void);
+/* "NODE:FACTOR" into o->train; false when malformed. */
+bool cli_parse_straggler(const char *s, cli_ps_options *o);
+/* Outside a job, launches 1 + servers + workers local nodes running this same
+ * command; inside one, runs this node. model_name: mlp, cnn, softmax (dense
+ * models), logreg (sparse), or mf (ratings). Returns the exit code. */
+int cli_train_ps(int argc, char **argv, const char *model_name, petrel_model_options *mo,
+                 const char *data, const char *test_path, petrel_train_config *cfg,
+                 const cli_ps_options *o);
 int cmd_launch(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 

@@ -18,6 +18,12 @@ static void bench_usage(FILE *f) {
                "             MPI_Allreduce and memcpy: time, algorithm and bus bandwidth\n"
                "  dp         data-parallel training (petrel train --workers 2, each --comm)\n"
                "             against one petrel process and PyTorch DDP: samples/s, accuracy\n"
+               "  ps         the parameter server (1 server, 1 or 2 workers, shm and TCP):\n"
+               "             push and pull round trips and throughput, a 10M-key sparse push,\n"
+               "             against petrel's raw transport and a C++ PS's published figures\n"
+               "  hogwild    lock-free SGD (1 and 2 threads; lock-free, locked, round-robin) on\n"
+               "             WordNet text and Fashion-MNIST against liblinear: samples/s,\n"
+               "             time to liblinear's accuracy\n"
                "\n"
                "options:\n"
                "  -h, --help     show this help\n");
@@ -36,5 +42,7 @@ int cmd_bench(int argc, char **argv) {
     if (strcmp(sub, "net") == 0) return bench_net(argc - 1, argv + 1);
     if (strcmp(sub, "allreduce") == 0) return bench_allreduce(argc - 1, argv + 1);
     if (strcmp(sub, "dp") == 0) return bench_dp(argc - 1, argv + 1);
+    if (strcmp(sub, "hogwild") == 0) return bench_hogwild(argc - 1, argv + 1);
+    if (strcmp(sub, "ps") == 0) return bench_ps(argc - 1, argv + 1);
     return cli_usage_error("bench ", "unknown benchmark '%s'", sub);
 }

@@ -1,8 +1,11 @@
 /* petrel data: dataset preparation. text2libsvm turns labelled text into hashed
- * bag-of-words libsvm files (docs/text.md). */
+ * bag-of-words libsvm files (docs/text.md); synth-ratings writes a synthetic
+ * low-rank ratings file for matrix factorization (docs/formats.md). */
 #include "cli.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,7 @@ static void data_usage(FILE *f) {
                "\n"
                "subcommands:\n"
                "  text2libsvm   labelled text to hashed bag-of-words libsvm files\n"
+               "  synth-ratings a synthetic low-rank 'user item rating' file (for --model mf)\n"
                "\n"
                "'petrel data <subcommand> --help' lists its options with their defaults.\n");
 }
@@ -150,6 +154,102 @@ static int cmd_text2libsvm(int argc, char **argv) {
     return CLI_OK;
 }
 
+static void synth_usage(FILE *f) {
+    fprintf(f, "usage: petrel data synth-ratings [options] OUT\n"
+               "\n"
+               "Writes OUT, a ratings file of 'user item rating' lines: the users x items matrix\n"
+               "U V^T of the given rank (U, V normal with variance 1/sqrt(rank), so that ratings\n"
+               "have variance about 1) plus gaussian noise, each cell observed with probability\n"
+               "--density. The same options write the same file.\n"
+               "\n"
+               "options (default in brackets):\n"
+               "  --users U       rows, 1 .. 2^31 [1000]\n"
+               "  --items I       columns, 1 .. 2^31 [1000]\n"
+               "  --rank R        rank of U V^T, 1 .. 4096 [8]\n"
+               "  --density D     probability that a cell is observed, 0 < D <= 1 [0.05]\n"
+               "  --noise S       standard deviation of the noise added to each rating [0.1]\n"
+               "  --seed N        seed of U, V, the cells and the noise [1]\n"
+               "  -h, --help      show this help\n");
+}
+
+/* A whole finite decimal number, as a double: the library takes doubles, and a
+ * float's rounding would change the file. */
+static bool parse_f64(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+static int cmd_synth_ratings(int argc, char **argv) {
+    enum { OPT_USERS = 256, OPT_ITEMS, OPT_RANK, OPT_DENSITY, OPT_NOISE, OPT_SEED };
+    static const struct option opts[] = {
+        {"users", required_argument, NULL, OPT_USERS},
+        {"items", required_argument, NULL, OPT_ITEMS},
+        {"rank", required_argument, NULL, OPT_RANK},
+        {"density", required_argument, NULL, OPT_DENSITY},
+        {"noise", required_argument, NULL, OPT_NOISE},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *sub = "data synth-ratings ";
+    int64_t users = 1000, items = 1000, rank = 8, seed = 1;
+    double density = 0.05, noise = 0.1;
+    optind = 1;
+    opterr = 0;
+    for (int c; (c = getopt_long(argc, argv, ":h", opts, NULL)) != -1;) {
+        switch (c) {
+        case OPT_USERS:
+        case OPT_ITEMS: {
+            int64_t *to = c == OPT_USERS ? &users : &items;
+            if (!cli_parse_i64(optarg, to) || *to < 1 || *to > (int64_t)INT32_MAX + 1)
+                return cli_usage_error(sub, "%s wants an integer in 1 .. 2^31, not '%s'",
+                                       c == OPT_USERS ? "--users" : "--items", optarg);
+            break;
+        }
+        case OPT_RANK:
+            if (!cli_parse_i64(optarg, &rank) || rank < 1 || rank > 4096)
+                return cli_usage_error(sub, "--rank wants an integer in 1 .. 4096, not '%s'",
+                                       optarg);
+            break;
+        case OPT_DENSITY:
+            if (!parse_f64(optarg, &density) || !(density > 0 && density <= 1))
+                return cli_usage_error(sub, "--density wants a number in (0, 1], not '%s'", optarg);
+            break;
+        case OPT_NOISE:
+            if (!parse_f64(optarg, &noise) || !(noise >= 0))
+                return cli_usage_error(sub, "--noise wants a number >= 0, not '%s'", optarg);
+            break;
+        case OPT_SEED:
+            if (!cli_parse_i64(optarg, &seed) || seed < 0)
+                return cli_usage_error(sub, "--seed wants a non-negative integer, not '%s'",
+                                       optarg);
+            break;
+        case 'h':
+            synth_usage(stdout);
+            return CLI_OK;
+        case ':':
+            return cli_usage_error(sub, "%s needs a value", argv[optind - 1]);
+        default:
+            return cli_usage_error(sub, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(sub, optind < argc ? "give one output file only" : "no OUT file");
+    const char *out = argv[optind];
+    petrel_err err =
+        petrel_ratings_synth(out, users, items, (int)rank, density, noise, (uint64_t)seed);
+    if (err != PETREL_OK) return cli_fail(err, "writing synthetic ratings", NULL);
+    printf("synth-ratings: wrote %s: %lld users x %lld items, rank %lld, density %g (about %.0f "
+           "ratings), noise %g, seed %lld\n",
+           out, (long long)users, (long long)items, (long long)rank, density,
+           density * (double)users * (double)items, noise, (long long)seed);
+    return CLI_OK;
+}
+
 int cmd_data(int argc, char **argv) {
     if (argc < 2) {
         data_usage(stderr);
@@ -161,5 +261,6 @@ int cmd_data(int argc, char **argv) {
         return CLI_OK;
     }
     if (strcmp(sub, "text2libsvm") == 0) return cmd_text2libsvm(argc - 1, argv + 1);
+    if (strcmp(sub, "synth-ratings") == 0) return cmd_synth_ratings(argc - 1, argv + 1);
     return cli_usage_error("data ", "unknown data subcommand '%s'", sub);
 }

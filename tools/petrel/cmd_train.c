@@ -5,6 +5,7 @@
 #include "petrel/launch.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,9 @@ static void train_usage(FILE *f) {
                "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
                "\n"
                "options (default in brackets):\n"
-               "  --model NAME        softmax | mlp | cnn, or logreg | svm (Hogwild!) [mlp]\n"
+               "  --model NAME        softmax | mlp | cnn, or logreg | svm | mf (Hogwild!;\n"
+               "                      mf: matrix factorization of a ratings file, --rank R) "
+               "[mlp]\n"
                "  --hidden N[,N..]    mlp hidden widths [256]\n"
                "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
                "[fashion-mnist]\n"
@@ -33,6 +36,10 @@ static void train_usage(FILE *f) {
                "                      or softmax; the default for logreg and svm\n"
                "  --locked            Hogwild!'s baseline: a global lock around each update\n"
                "  --round-robin       Hogwild!'s baseline: threads take turns\n"
+               "  --l2 L2             Hogwild!: L2 on the coordinates (mf: rows) a sample\n"
+               "                      touches [0]\n"
+               "  --decay D           Hogwild!: epoch e steps with lr * D^e, 0 < D <= 1 [0.9]\n"
+               "  --test-fraction F   mf without --test: share of the ratings held out [0.1]\n"
                "  --seed S            seed for weights and data order [1]\n"
                "  --out DIR           output directory [runs/<model>]\n"
                "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
@@ -48,6 +55,17 @@ static void train_usage(FILE *f) {
                "  --overlap           reduce buckets on a communication thread during backward\n"
                "  --no-overlap        reduce after backward, on the training thread\n"
                "                      [overlap when the machine has more cores than workers]\n"
+               "\n"
+               "parameter server (docs/ps.md; --workers W train on shards, --batch per worker):\n"
+               "  --servers S         S server processes hold the parameters; selects the PS\n"
+               "  --sync MODEL        bsp | ssp:N | async: how stale a worker's reads may be [bsp]\n"
+               "  --straggler W:F     worker W's clocks take F times its compute time\n"
+               "  --snapshot-every N  servers snapshot their tables every N clocks (OUT/snapshots)\n"
+               "  --resume DIR        continue from the newest complete snapshot in DIR\n"
+               "  --rank R            mf: factor width [16]\n"
+               "  with --servers, --model is mlp | cnn | softmax (dense tables), logreg (sparse\n"
+               "  logistic or softmax regression on libsvm data) or mf (--data: a ratings file)\n"
+               "\n"
                "  --progress          always draw the progress line [only on a terminal]\n"
                "  --no-progress       never draw it\n"
                "  -q, --quiet         no per-epoch lines on stderr\n"
@@ -129,7 +147,16 @@ int cmd_train(int argc, char **argv) {
         OPT_OVERLAP,
         OPT_HOGWILD,
         OPT_LOCKED,
-        OPT_ROUND_ROBIN
+        OPT_ROUND_ROBIN,
+        OPT_SERVERS,
+        OPT_SYNC,
+        OPT_STRAGGLER,
+        OPT_RESUME,
+        OPT_SNAPSHOT_EVERY,
+        OPT_RANK,
+        OPT_L2,
+        OPT_DECAY,
+        OPT_TEST_FRACTION
     };
     static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
                                              {"hidden", required_argument, 0, OPT_HIDDEN},
@@ -155,6 +182,17 @@ int cmd_train(int argc, char **argv) {
                                              {"hogwild", no_argument, 0, OPT_HOGWILD},
                                              {"locked", no_argument, 0, OPT_LOCKED},
                                              {"round-robin", no_argument, 0, OPT_ROUND_ROBIN},
+                                             {"servers", required_argument, 0, OPT_SERVERS},
+                                             {"sync", required_argument, 0, OPT_SYNC},
+                                             {"straggler", required_argument, 0, OPT_STRAGGLER},
+                                             {"resume", required_argument, 0, OPT_RESUME},
+                                             {"snapshot-every", required_argument, 0,
+                                              OPT_SNAPSHOT_EVERY},
+                                             {"rank", required_argument, 0, OPT_RANK},
+                                             {"l2", required_argument, 0, OPT_L2},
+                                             {"decay", required_argument, 0, OPT_DECAY},
+                                             {"test-fraction", required_argument, 0,
+                                              OPT_TEST_FRACTION},
                                              {"quiet", no_argument, 0, 'q'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
@@ -166,6 +204,10 @@ int cmd_train(int argc, char **argv) {
     int workers = 1, overlap = -1; /* -1: by the core count */
     float lr = 0, wd = 0;
     int hog_mode = -1; /* a petrel_hogwild_mode once --hogwild, --locked or --round-robin */
+    float l2 = 0, decay = 0.9f; /* Hogwild!'s --l2 and --decay */
+    float test_fraction = -1;   /* mf's --test-fraction; -1: not given */
+    cli_ps_options pso = cli_ps_options_default();
+    bool ps_flags = false; /* a parameter-server flag other than --servers was given */
     int64_t v;
     int c;
     optind = 1;
@@ -262,6 +304,53 @@ int cmd_train(int argc, char **argv) {
         case OPT_OVERLAP:
             overlap = 1;
             break;
+        case OPT_SERVERS:
+            if (!cli_parse_i64(optarg, &v) || v < 1 || v > 1024)
+                return cli_usage_error("train ", "--servers wants 1..1024, got '%s'", optarg);
+            pso.servers = (int)v;
+            break;
+        case OPT_SYNC:
+            if (petrel_ps_sync_parse(optarg, &pso.train.sync) != PETREL_OK)
+                return cli_usage_error("train ", "--sync: %s", petrel_errmsg());
+            ps_flags = true;
+            break;
+        case OPT_STRAGGLER:
+            if (!cli_parse_straggler(optarg, &pso))
+                return cli_usage_error("train ",
+                                       "--straggler wants WORKER:FACTOR (FACTOR >= 1), got '%s'",
+                                       optarg);
+            ps_flags = true;
+            break;
+        case OPT_RESUME:
+            pso.resume = optarg;
+            ps_flags = true;
+            break;
+        case OPT_SNAPSHOT_EVERY:
+            if (!cli_parse_i64(optarg, &pso.snapshot_every) || pso.snapshot_every < 1)
+                return cli_usage_error("train ", "--snapshot-every wants an integer >= 1, got '%s'",
+                                       optarg);
+            ps_flags = true;
+            break;
+        case OPT_L2:
+            if (!cli_parse_f32(optarg, &l2) || !(l2 >= 0) || !isfinite(l2))
+                return cli_usage_error("train ", "--l2 wants a number >= 0, got '%s'", optarg);
+            break;
+        case OPT_DECAY:
+            if (!cli_parse_f32(optarg, &decay) || !(decay > 0 && decay <= 1))
+                return cli_usage_error("train ", "--decay wants a number in (0, 1], got '%s'",
+                                       optarg);
+            break;
+        case OPT_TEST_FRACTION:
+            if (!cli_parse_f32(optarg, &test_fraction) || !(test_fraction >= 0) ||
+                !(test_fraction < 1))
+                return cli_usage_error(
+                    "train ", "--test-fraction wants a number in [0, 1), got '%s'", optarg);
+            break;
+        case OPT_RANK:
+            if (!cli_parse_i64(optarg, &v) || v < 1 || v > 4096)
+                return cli_usage_error("train ", "--rank wants 1..4096, got '%s'", optarg);
+            pso.train.mf_rank = (int)v;
+            break;
         case OPT_PROGRESS:
             cfg.progress = 1;
             break;
@@ -288,9 +377,29 @@ int cmd_train(int argc, char **argv) {
     }
     cfg.out_dir = out;
 
+    if (ps_flags && pso.servers == 0)
+        return cli_usage_error("train ", "--sync, --straggler, --resume and --snapshot-every are "
+                                         "for the parameter server: add --servers S");
+    if (pso.servers > 0) {
+        pso.workers = workers;
+        return cli_train_ps(argc, argv, mo.name, &mo, data, test_path, &cfg, &pso);
+    }
     petrel_job_env env;
     if (petrel_job_env_read(&env) != PETREL_OK) return cli_fail(PETREL_ERR_INVALID, "job", NULL);
     bool in_job = env.size > 1;
+    if (strcmp(mo.name, "mf") == 0) { /* ratings, by Hogwild! on --threads T */
+        if (workers > 1 || in_job)
+            return cli_usage_error("train ", "mf trains in one process (--threads T) or on the "
+                                             "parameter server (--servers S)");
+        if (strcmp(data, "fashion-mnist") == 0)
+            return cli_usage_error("train ", "--model mf wants --data FILE, a ratings file");
+        if (test_path && test_fraction >= 0)
+            return cli_usage_error("train ", "give --test or --test-fraction, not both");
+        return cli_train_mf(data, test_path, test_fraction >= 0 ? test_fraction : 0.1,
+                            pso.train.mf_rank, hog_mode < 0 ? PETREL_HOGWILD_LOCKFREE : hog_mode,
+                            &cfg, lr, l2, decay);
+    }
+    if (test_fraction >= 0) return cli_usage_error("train ", "--test-fraction is for --model mf");
     if (workers > 1 && !in_job) return launch_workers(argc, argv, workers);
 
     petrel_dataset *train = NULL, *test = NULL;
@@ -311,13 +420,12 @@ int cmd_train(int argc, char **argv) {
     int hog_model;
     if (hog_mode >= 0 || strcmp(mo.name, "logreg") == 0 || strcmp(mo.name, "svm") == 0) {
         if (!cli_hogwild_model(mo.name, &hog_model) || workers > 1) {
-            rc = cli_usage_error("train ", "Hogwild! trains logreg, svm or softmax in one process "
-                                           "(--threads T, not --workers)");
+            rc = cli_usage_error("train ", "Hogwild! trains logreg, svm, softmax or mf in one "
+                                           "process (--threads T, not --workers)");
             goto done;
         }
-        rc =
-            cli_train_hogwild(mo.name, hog_model, hog_mode < 0 ? PETREL_HOGWILD_LOCKFREE : hog_mode,
-                              train, test, &cfg, lr);
+        rc = cli_train_hogwild(hog_model, hog_mode < 0 ? PETREL_HOGWILD_LOCKFREE : hog_mode, train,
+                               test, &cfg, lr, l2, decay);
         goto done;
     }
     if ((err = petrel_model_new(&model, &mo)) != PETREL_OK) {

@@ -1,0 +1,663 @@
+/*
+ * The worker side of the parameter server: the process cache, the operation log,
+ * thread and process clocks, consistent reads, and managed communication.
+ *
+ * Locks: ps->flush_mu is taken before ps->mu and held by whoever sends deltas
+ * (a clock that advances the process clock, flush, finish, the communication
+ * thread), so that deltas and CLOCK messages leave in clock order. Nothing is
+ * sent while ps->mu is held: the receive thread needs it to take in rows.
+ */
+#include "ps_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The store spec of a worker-side table copy: sparse, summing, zero-initialised. */
+static petrel_ps_table_spec local_spec(const petrel_ps_table_spec *spec) {
+    petrel_ps_table_spec s = petrel_ps_table_spec_default(PETREL_PS_SPARSE, 0, spec->cols);
+    return s;
+}
+
+static petrel_err check_keys(const ps_table *t, uint32_t table, const uint64_t *keys, int64_t n) {
+    if (t->spec.kind != PETREL_PS_DENSE) return PETREL_OK;
+    for (int64_t i = 0; i < n; i++)
+        if (keys[i] >= (uint64_t)t->spec.rows)
+            return petrel_error_set(PETREL_ERR_INVALID, "ps table %u: row %llu outside 0..%lld",
+                                    table, (unsigned long long)keys[i],
+                                    (long long)t->spec.rows - 1);
+    return PETREL_OK;
+}
+
+static petrel_err check_table(const petrel_ps *ps, uint32_t table) {
+    if (table >= (uint32_t)ps->ntables)
+        return petrel_error_set(PETREL_ERR_INVALID, "ps: no table %u", table);
+    return PETREL_OK;
+}
+
+/* A dead server fails every wait for it. Call with ps->mu held. */
+static petrel_err servers_alive(petrel_ps *ps) {
+    for (int s = 0; s < ps->servers; s++)
+        if (!petrel_net_peer_alive(ps->net, petreli_ps_server_rank(ps, s)))
+            return petrel_error_set(PETREL_ERR_IO, "ps: server %d (rank %d) is dead", s,
+                                    petreli_ps_server_rank(ps, s));
+    return PETREL_OK;
+}
+
+/* ---- keys grouped by server ---------------------------------------------------------- */
+
+/* Keys (and their rows) bound for each server, built under ps->mu, sent after. */
+typedef struct outbox {
+    int servers;
+    int64_t cols;
+    int64_t *n, *cap;
+    uint64_t **keys;
+    float **values; /* NULL for GET */
+} outbox;
+
+static petrel_err outbox_init(outbox *o, int servers, int64_t cols, bool with_values) {
+    *o = (outbox){.servers = servers, .cols = cols};
+    o->n = petrel_calloc((size_t)servers, sizeof *o->n);
+    o->cap = petrel_calloc((size_t)servers, sizeof *o->cap);
+    o->keys = petrel_calloc((size_t)servers, sizeof *o->keys);
+    o->values = with_values ? petrel_calloc((size_t)servers, sizeof *o->values) : NULL;
+    if (!o->n || !o->cap || !o->keys || (with_values && !o->values)) return PETREL_ERR_NOMEM;
+    return PETREL_OK;
+}
+
+static void outbox_fini(outbox *o) {
+    for (int s = 0; s < o->servers; s++) {
+        if (o->keys) petrel_free(o->keys[s]);
+        if (o->values) petrel_free(o->values[s]);
+    }
+    petrel_free(o->n);
+    petrel_free(o->cap);
+    petrel_free(o->keys);
+    petrel_free(o->values);
+}
+
+static petrel_err outbox_add(outbox *o, int server, uint64_t key, const float *row) {
+    int64_t i = o->n[server];
+    if (i == o->cap[server]) {
+        int64_t cap = i ? 2 * i : 64;
+        uint64_t *k = petrel_realloc(o->keys[server], (size_t)cap * sizeof *k);
+        if (!k) return PETREL_ERR_NOMEM;
+        o->keys[server] = k;
+        if (o->values) {
+            float *v = petrel_realloc(o->values[server], (size_t)(cap * o->cols) * sizeof *v);
+            if (!v) return PETREL_ERR_NOMEM;
+            o->values[server] = v;
+        }
+        o->cap[server] = cap;
+    }
+    o->keys[server][i] = key;
+    if (o->values) memcpy(o->values[server] + i * o->cols, row, (size_t)o->cols * sizeof(float));
+    o->n[server] = i + 1;
+    return PETREL_OK;
+}
+
+static petrel_err outbox_send(petrel_ps *ps, outbox *o, uint8_t type, uint32_t table,
+                              int64_t clock) {
+    petrel_err err = PETREL_OK;
+    for (int s = 0; s < o->servers && err == PETREL_OK; s++)
+        if (o->n[s])
+            err = petreli_ps_send(ps, petreli_ps_server_rank(ps, s), type, table, clock,
+                                  o->keys[s], o->n[s], o->values ? o->values[s] : NULL, o->cols);
+    return err;
+}
+
+/* ---- handlers ---------------------------------------------------------------------- */
+
+static void on_rows(void *ctx, petrel_net *net, const petrel_msg *m) {
+    (void)net;
+    petrel_ps *ps = ctx;
+    pthread_mutex_lock(&ps->mu);
+    ps_table *t = m->id < (uint32_t)ps->ntables ? &ps->tables[m->id] : NULL;
+    int64_t n;
+    const uint64_t *keys;
+    const float *values;
+    int server = m->src - 1;
+    if (!t || server < 0 || server >= ps->servers ||
+        !petreli_ps_parse_rows(ps, m, t->spec.cols, &n, &keys, &values) ||
+        petreli_ps_store_set(t->cache, keys, n, values) != PETREL_OK) {
+        PETREL_LOG_WARN("ps", "worker %d: ignored malformed rows (table %u) from rank %d",
+                        ps->worker_index, m->id, m->src);
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            cache_meta *meta =
+                petreli_ps_store_aux(t->cache, petreli_ps_store_slot(t->cache, keys[i], true));
+            if (!meta->present || m->clock > meta->served) meta->served = m->clock;
+            meta->present = true;
+            meta->arrived = ps->process_clock;
+            if (meta->asked && meta->requested <= meta->served) meta->asked = false;
+        }
+        ps->stats.bytes_received += m->len + 48;
+        pthread_cond_broadcast(&ps->cv);
+    }
+    pthread_mutex_unlock(&ps->mu);
+}
+
+static void on_advance(void *ctx, petrel_net *net, const petrel_msg *m) {
+    (void)net;
+    petrel_ps *ps = ctx;
+    int server = m->src - 1;
+    pthread_mutex_lock(&ps->mu);
+    if (server >= 0 && server < ps->servers && m->clock > ps->server_clock[server]) {
+        ps->server_clock[server] = m->clock;
+        int64_t low = PS_FINISHED;
+        for (int s = 0; s < ps->servers; s++)
+            if (ps->server_clock[s] < low) low = ps->server_clock[s];
+        ps->known_min = low;
+        ps->stats.bytes_received += 48;
+        pthread_cond_broadcast(&ps->cv);
+    }
+    pthread_mutex_unlock(&ps->mu);
+}
+
+/* ---- reads ------------------------------------------------------------------------- */
+
+/* Whether a cached row may be read now; call with ps->mu held. */
+static bool fresh(const petrel_ps *ps, const ps_table *t, const cache_meta *meta, int64_t need) {
+    if (!meta->present) return false;
+    return t->spec.sync.async ? meta->arrived >= ps->process_clock : meta->served >= need;
+}
+
+/* Asks the servers for the rows of keys that are not fresh and not asked for yet.
+ * Call with ps->mu held; it is released while sending. *all_fresh tells whether
+ * nothing was missing. */
+static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, int64_t n,
+                          int64_t need, bool *all_fresh, bool count) {
+    ps_table *t = &ps->tables[table];
+    outbox o;
+    petrel_err err = outbox_init(&o, ps->servers, 0, false);
+    int64_t ask = t->spec.sync.async ? ps->process_clock : need;
+    bool complete = true;
+    for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
+        int64_t slot = petreli_ps_store_slot(t->cache, keys[i], true);
+        if (slot < 0) {
+            err = PETREL_ERR_NOMEM;
+            break;
+        }
+        cache_meta *meta = petreli_ps_store_aux(t->cache, slot);
+        if (fresh(ps, t, meta, need)) {
+            if (count) ps->stats.cache_hits++;
+            continue;
+        }
+        complete = false;
+        if (meta->asked && meta->requested >= ask) continue;
+        meta->asked = true;
+        meta->requested = ask;
+        if (count) ps->stats.fetches++;
+        err = outbox_add(&o, petreli_ps_partition(&t->spec, keys[i], ps->servers), keys[i], NULL);
+    }
+    *all_fresh = complete;
+    if (err == PETREL_OK && !complete) {
+        pthread_mutex_unlock(&ps->mu);
+        err = outbox_send(ps, &o, PS_GET, table, t->spec.sync.async ? PS_ANY_CLOCK : need);
+        pthread_mutex_lock(&ps->mu);
+    }
+    outbox_fini(&o);
+    return err;
+}
+
+static int64_t need_of(const ps_table *t, int64_t clock) {
+    return t->spec.sync.async ? PS_ANY_CLOCK : clock - t->spec.sync.staleness;
+}
+
+petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
+                              float *out) {
+    petrel_ps *ps = w->ps;
+    petrel_err err = check_table(ps, table);
+    if (err != PETREL_OK) return err;
+    ps_table *t = &ps->tables[table];
+    if ((err = check_keys(t, table, keys, n)) != PETREL_OK) return err;
+    int64_t need = need_of(t, w->clock);
+    uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
+    bool waited = false;
+    pthread_mutex_lock(&ps->mu);
+    for (bool first = true;; first = false) {
+        bool all_fresh = false;
+        err = request(ps, table, keys, n, need, &all_fresh, first);
+        if (err != PETREL_OK || all_fresh) break;
+        if ((err = servers_alive(ps)) != PETREL_OK) break;
+        waited = true;
+        if (!petreli_ps_wait(ps, deadline)) {
+            err = petrel_error_set(PETREL_ERR_TIMEOUT,
+                                   "ps: worker %d waited %d ms for %lld rows of table %u at clock "
+                                   "%lld (server clock %lld)",
+                                   ps->worker_index, ps->cfg.timeout_ms, (long long)n, table,
+                                   (long long)w->clock, (long long)ps->known_min);
+            break;
+        }
+    }
+    if (err == PETREL_OK) {
+        err = petreli_ps_store_gather(t->cache, keys, n, out, NULL);
+        for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
+            const cache_meta *meta =
+                petreli_ps_store_aux(t->cache, petreli_ps_store_slot(t->cache, keys[i], false));
+            int64_t stale = w->clock > meta->served ? w->clock - meta->served : 0;
+            ps->stats.staleness[stale < PETREL_PS_STALENESS_BINS - 1 ? stale
+                                                                     : PETREL_PS_STALENESS_BINS - 1]++;
+            if (stale > ps->stats.max_staleness) ps->stats.max_staleness = stale;
+            /* Read-my-writes: a summing table shows this process's unsent deltas. */
+            int64_t own = t->spec.rule == PETREL_PS_SUM
+                              ? petreli_ps_store_slot(t->oplog, keys[i], false)
+                              : -1;
+            if (own >= 0) {
+                const float *d = petreli_ps_store_row(t->oplog, own);
+                for (int64_t j = 0; j < t->spec.cols; j++) out[i * t->spec.cols + j] += d[j];
+            }
+        }
+        ps->stats.reads += (uint64_t)n;
+    }
+    if (waited) ps->stats.wait_get_s += (double)(petrel_now_ns() - t0) * 1e-9;
+    pthread_mutex_unlock(&ps->mu);
+    return err;
+}
+
+petrel_err petrel_ps_get(petrel_ps_worker *w, uint32_t table, uint64_t key, float *out) {
+    return petrel_ps_get_rows(w, table, &key, 1, out);
+}
+
+petrel_err petrel_ps_prefetch(petrel_ps_worker *w, uint32_t table, const uint64_t *keys,
+                              int64_t n) {
+    petrel_ps *ps = w->ps;
+    petrel_err err = check_table(ps, table);
+    if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
+    if (err != PETREL_OK) return err;
+    bool all_fresh;
+    pthread_mutex_lock(&ps->mu);
+    err = request(ps, table, keys, n, need_of(&ps->tables[table], w->clock), &all_fresh, false);
+    pthread_mutex_unlock(&ps->mu);
+    return err;
+}
+
+/* ---- writes ------------------------------------------------------------------------ */
+
+petrel_err petrel_ps_inc_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
+                              const float *deltas) {
+    petrel_ps *ps = w->ps;
+    petrel_err err = check_table(ps, table);
+    if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
+    if (err != PETREL_OK) return err;
+    pthread_mutex_lock(&ps->mu);
+    err = petreli_ps_store_apply(ps->tables[table].oplog, keys, n, deltas, w->clock);
+    pthread_mutex_unlock(&ps->mu);
+    return err;
+}
+
+petrel_err petrel_ps_inc(petrel_ps_worker *w, uint32_t table, uint64_t key, const float *delta) {
+    return petrel_ps_inc_rows(w, table, &key, 1, delta);
+}
+
+static float max_abs(const float *v, int64_t n) {
+    float m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmaxf(m, fabsf(v[i]));
+    return m;
+}
+
+/* Moves the operation log of every table into outboxes (one per table), keeping
+ * back what the significance filter holds unless `all`. Call with ps->mu held. */
+static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
+    petrel_err err = PETREL_OK;
+    for (int ti = 0; ti < ps->ntables && err == PETREL_OK; ti++) {
+        ps_table *t = &ps->tables[ti];
+        int64_t cols = t->spec.cols, count = petreli_ps_store_count(t->oplog);
+        if ((err = outbox_init(&boxes[ti], ps->servers, cols, true)) != PETREL_OK) break;
+        if (count == 0) continue;
+        petrel_ps_table_spec ls = local_spec(&t->spec);
+        petreli_ps_store *kept = NULL;
+        err = petreli_ps_store_new(&kept, &ls, 0, 1, sizeof(oplog_meta));
+        for (int64_t slot = 0; slot < count && err == PETREL_OK; slot++) {
+            uint64_t key = petreli_ps_store_key(t->oplog, slot);
+            const float *d = petreli_ps_store_row(t->oplog, slot);
+            float size = max_abs(d, cols);
+            if (size == 0) continue; /* sent early by the communication thread */
+            oplog_meta *om = petreli_ps_store_aux(t->oplog, slot);
+            if (!all && t->spec.significance > 0 && om->held < t->spec.max_hold) {
+                int64_t c = petreli_ps_store_slot(t->cache, key, false);
+                float scale = c >= 0 ? max_abs(petreli_ps_store_row(t->cache, c), cols) : 0;
+                if (size < t->spec.significance * fmaxf(scale, 1e-3f)) {
+                    err = petreli_ps_store_apply(kept, &key, 1, d, 0);
+                    int64_t k = petreli_ps_store_slot(kept, key, false);
+                    ((oplog_meta *)petreli_ps_store_aux(kept, k))->held = om->held + 1;
+                    ps->stats.rows_held++;
+                    continue;
+                }
+            }
+            err = outbox_add(&boxes[ti], petreli_ps_partition(&t->spec, key, ps->servers), key, d);
+        }
+        if (err == PETREL_OK) {
+            petreli_ps_store_free(t->oplog);
+            t->oplog = kept;
+        } else {
+            petreli_ps_store_free(kept);
+        }
+    }
+    return err;
+}
+
+/* Takes the logs under ps->mu, then sends them tagged with clock; ps->flush_mu held. */
+static petrel_err send_oplogs(petrel_ps *ps, int64_t clock, bool all) {
+    outbox boxes[PS_MAX_TABLES];
+    memset(boxes, 0, sizeof boxes);
+    pthread_mutex_lock(&ps->mu);
+    int ntables = ps->ntables;
+    petrel_err err = take_oplogs(ps, boxes, all);
+    pthread_mutex_unlock(&ps->mu);
+    for (int t = 0; t < ntables && err == PETREL_OK; t++)
+        err = outbox_send(ps, &boxes[t], PS_INC, (uint32_t)t, clock);
+    for (int t = 0; t < ntables; t++) outbox_fini(&boxes[t]);
+    return err;
+}
+
+static petrel_err send_clock(petrel_ps *ps, int64_t clock, bool to_rank0) {
+    petrel_err err = PETREL_OK;
+    for (int s = 0; s < ps->servers && err == PETREL_OK; s++)
+        err = petreli_ps_send(ps, petreli_ps_server_rank(ps, s), PS_CLOCK, 0, clock, NULL, 0, NULL,
+                              0);
+    if (err == PETREL_OK && to_rank0) err = petreli_ps_send(ps, 0, PS_CLOCK, 0, clock, NULL, 0, NULL, 0);
+    return err;
+}
+
+/* The minimum over the threads' clocks; call with ps->mu held. */
+static int64_t threads_min(const petrel_ps *ps) {
+    int64_t m = PS_FINISHED;
+    for (int i = 0; i < ps->nthreads; i++)
+        if (ps->threads[i]->clock < m) m = ps->threads[i]->clock;
+    return m;
+}
+
+/* If the process clock moved, sends the log of the clock(s) it left and the new
+ * clock. Call with flush_mu held and ps->mu not held. */
+static petrel_err maybe_advance(petrel_ps *ps) {
+    pthread_mutex_lock(&ps->mu);
+    int64_t from = ps->process_clock, to = threads_min(ps);
+    bool moved = ps->nthreads > 0 && to > from;
+    if (moved) ps->process_clock = to;
+    pthread_mutex_unlock(&ps->mu);
+    if (!moved) return PETREL_OK;
+    petrel_err err = send_oplogs(ps, from, false);
+    if (err == PETREL_OK) err = send_clock(ps, to, false);
+    return err;
+}
+
+petrel_err petrel_ps_clock(petrel_ps_worker *w) {
+    petrel_ps *ps = w->ps;
+    pthread_mutex_lock(&ps->flush_mu);
+    pthread_mutex_lock(&ps->mu);
+    w->clock++;
+    pthread_mutex_unlock(&ps->mu);
+    petrel_err err = maybe_advance(ps);
+    pthread_mutex_unlock(&ps->flush_mu);
+    if (err != PETREL_OK) return err;
+
+    /* The strictest bound among the tables decides how far ahead this thread may run. */
+    int bound = -1;
+    for (int t = 0; t < ps->ntables; t++)
+        if (!ps->tables[t].spec.sync.async &&
+            (bound < 0 || ps->tables[t].spec.sync.staleness < bound))
+            bound = ps->tables[t].spec.sync.staleness;
+    if (bound < 0) return PETREL_OK;
+    uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
+    pthread_mutex_lock(&ps->mu);
+    bool waited = false;
+    while (w->clock - bound > ps->known_min && err == PETREL_OK) {
+        waited = true;
+        if ((err = servers_alive(ps)) != PETREL_OK) break;
+        if (!petreli_ps_wait(ps, deadline))
+            err = petrel_error_set(PETREL_ERR_TIMEOUT,
+                                   "ps: worker %d at clock %lld waited %d ms for the slowest "
+                                   "worker (server clock %lld, bound %d)",
+                                   ps->worker_index, (long long)w->clock, ps->cfg.timeout_ms,
+                                   (long long)ps->known_min, bound);
+    }
+    if (waited) ps->stats.wait_clock_s += (double)(petrel_now_ns() - t0) * 1e-9;
+    pthread_mutex_unlock(&ps->mu);
+    return err;
+}
+
+int64_t petrel_ps_worker_clock(const petrel_ps_worker *w) {
+    return w->clock;
+}
+
+petrel_err petrel_ps_flush(petrel_ps_worker *w) {
+    petrel_ps *ps = w->ps;
+    pthread_mutex_lock(&ps->flush_mu);
+    pthread_mutex_lock(&ps->mu);
+    int64_t clock = ps->process_clock;
+    pthread_mutex_unlock(&ps->mu);
+    petrel_err err = send_oplogs(ps, clock, true);
+    for (int s = 0; s < ps->servers && err == PETREL_OK; s++) {
+        petrel_msg reply;
+        err = petrel_net_call(ps->net, petreli_ps_server_rank(ps, s), PS_FLUSH, NULL, 0, &reply,
+                              ps->cfg.timeout_ms);
+        if (err == PETREL_OK) petrel_msg_release(&reply);
+    }
+    pthread_mutex_unlock(&ps->flush_mu);
+    return err;
+}
+
+petrel_err petrel_ps_set_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
+                              const float *values) {
+    petrel_ps *ps = w->ps;
+    petrel_err err = check_table(ps, table);
+    if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
+    if (err != PETREL_OK) return err;
+    ps_table *t = &ps->tables[table];
+    int64_t cols = t->spec.cols;
+    outbox o;
+    err = outbox_init(&o, ps->servers, cols, true);
+    for (int64_t i = 0; i < n && err == PETREL_OK; i++)
+        err = outbox_add(&o, petreli_ps_partition(&t->spec, keys[i], ps->servers), keys[i],
+                         values + i * cols);
+    for (int s = 0; s < ps->servers && err == PETREL_OK; s++) {
+        if (!o.n[s]) continue;
+        size_t len = sizeof(uint64_t) + (size_t)o.n[s] * (sizeof(uint64_t) + (size_t)cols * 4);
+        unsigned char *req = petrel_malloc(len);
+        if (!req) {
+            err = PETREL_ERR_NOMEM;
+            break;
+        }
+        uint64_t count = (uint64_t)o.n[s];
+        memcpy(req, &count, sizeof count);
+        memcpy(req + sizeof count, o.keys[s], (size_t)o.n[s] * sizeof(uint64_t));
+        memcpy(req + sizeof count + (size_t)o.n[s] * sizeof(uint64_t), o.values[s],
+               (size_t)(o.n[s] * cols) * sizeof(float));
+        petrel_msg reply;
+        err = petrel_net_call(ps->net, petreli_ps_server_rank(ps, s), PS_SET, req, len, &reply,
+                              ps->cfg.timeout_ms);
+        petrel_free(req);
+        if (err == PETREL_OK && reply.len)
+            err = petrel_error_set(PETREL_ERR_INVALID, "ps: server %d refused to set rows: %.*s",
+                                   s, (int)reply.len, (const char *)reply.data);
+        if (err == PETREL_OK || reply.len) petrel_msg_release(&reply);
+    }
+    outbox_fini(&o);
+    return err;
+}
+
+/* ---- threads ----------------------------------------------------------------------- */
+
+petrel_err petrel_ps_worker_new(petrel_ps *ps, petrel_ps_worker **out) {
+    *out = NULL;
+    if (ps->role != PETREL_ROLE_WORKER)
+        return petrel_error_set(PETREL_ERR_STATE, "ps: only workers have worker handles");
+    petrel_ps_worker *w = petrel_calloc(1, sizeof *w);
+    if (!w) return PETREL_ERR_NOMEM;
+    w->ps = ps;
+    pthread_mutex_lock(&ps->mu);
+    petrel_err err = PETREL_OK;
+    if (ps->nthreads == ps->threads_cap) {
+        int cap = ps->threads_cap ? 2 * ps->threads_cap : 8;
+        petrel_ps_worker **th = petrel_realloc(ps->threads, (size_t)cap * sizeof *th);
+        if (!th)
+            err = PETREL_ERR_NOMEM;
+        else
+            ps->threads = th, ps->threads_cap = cap;
+    }
+    if (err == PETREL_OK) {
+        w->clock = ps->process_clock;
+        ps->threads[ps->nthreads++] = w;
+    }
+    pthread_mutex_unlock(&ps->mu);
+    if (err != PETREL_OK) petrel_free(w);
+    else *out = w;
+    return err;
+}
+
+petrel_err petrel_ps_worker_finish(petrel_ps_worker *w) {
+    if (!w) return PETREL_OK;
+    petrel_ps *ps = w->ps;
+    pthread_mutex_lock(&ps->flush_mu);
+    pthread_mutex_lock(&ps->mu);
+    for (int i = 0; i < ps->nthreads; i++)
+        if (ps->threads[i] == w) {
+            ps->threads[i] = ps->threads[--ps->nthreads];
+            break;
+        }
+    bool last = ps->nthreads == 0;
+    int64_t clock = ps->process_clock;
+    pthread_mutex_unlock(&ps->mu);
+    petrel_err err;
+    if (last) { /* everything left, held deltas too, then the end */
+        err = send_oplogs(ps, clock, true);
+        if (err == PETREL_OK) err = send_clock(ps, PS_FINISHED, true);
+    } else {
+        err = maybe_advance(ps);
+    }
+    pthread_mutex_unlock(&ps->flush_mu);
+    petrel_free(w);
+    return err;
+}
+
+/* ---- managed communication --------------------------------------------------------- */
+
+typedef struct candidate {
+    float size;
+    uint32_t table;
+    int64_t slot;
+} candidate;
+
+static int by_size_desc(const void *a, const void *b) {
+    float x = ((const candidate *)a)->size, y = ((const candidate *)b)->size;
+    return (x < y) - (x > y);
+}
+
+/* Sends up to budget bytes of the largest deltas now; returns the bytes sent. */
+static double send_early(petrel_ps *ps, double budget) {
+    outbox boxes[PS_MAX_TABLES];
+    memset(boxes, 0, sizeof boxes);
+    pthread_mutex_lock(&ps->mu);
+    int ntables = ps->ntables;
+    int64_t clock = ps->process_clock, total = 0;
+    for (int t = 0; t < ntables; t++) total += petreli_ps_store_count(ps->tables[t].oplog);
+    candidate *cand = petrel_malloc((size_t)(total ? total : 1) * sizeof *cand);
+    petrel_err err = cand ? PETREL_OK : PETREL_ERR_NOMEM;
+    int64_t nc = 0;
+    for (int t = 0; t < ntables && err == PETREL_OK; t++) {
+        ps_table *tb = &ps->tables[t];
+        err = outbox_init(&boxes[t], ps->servers, tb->spec.cols, true);
+        for (int64_t s = 0; s < petreli_ps_store_count(tb->oplog); s++) {
+            float size = max_abs(petreli_ps_store_row(tb->oplog, s), tb->spec.cols);
+            if (size > 0) cand[nc++] = (candidate){size, (uint32_t)t, s};
+        }
+    }
+    if (err == PETREL_OK) qsort(cand, (size_t)nc, sizeof *cand, by_size_desc);
+    double used = 0;
+    for (int64_t i = 0; i < nc && err == PETREL_OK; i++) {
+        ps_table *tb = &ps->tables[cand[i].table];
+        double cost = 8.0 + 4.0 * (double)tb->spec.cols;
+        if (used + cost > budget) break;
+        used += cost;
+        float *d = petreli_ps_store_row(tb->oplog, cand[i].slot);
+        uint64_t key = petreli_ps_store_key(tb->oplog, cand[i].slot);
+        err = outbox_add(&boxes[cand[i].table], petreli_ps_partition(&tb->spec, key, ps->servers),
+                         key, d);
+        memset(d, 0, (size_t)tb->spec.cols * sizeof *d); /* sent: the clock's flush skips it */
+        ps->stats.rows_pushed_early++;
+    }
+    pthread_mutex_unlock(&ps->mu);
+    petrel_free(cand);
+    for (int t = 0; t < ntables && err == PETREL_OK; t++)
+        err = outbox_send(ps, &boxes[t], PS_INC, (uint32_t)t, clock);
+    for (int t = 0; t < ntables; t++) outbox_fini(&boxes[t]);
+    if (err != PETREL_OK)
+        PETREL_LOG_WARN("ps", "worker %d: early send failed: %s", ps->worker_index, petrel_errmsg());
+    return used;
+}
+
+static void *comm_main(void *arg) {
+    petrel_ps *ps = arg;
+    const uint64_t tick = 5000000u; /* 5 ms */
+    double credit = 0;
+    uint64_t last = petrel_now_ns();
+    pthread_mutex_lock(&ps->mu);
+    while (!ps->comm_stop) {
+        (void)petreli_ps_wait(ps, petrel_now_ns() + tick);
+        if (ps->comm_stop) break;
+        uint64_t now = petrel_now_ns();
+        credit += ps->cfg.bandwidth_bytes_per_s * (double)(now - last) * 1e-9;
+        last = now;
+        /* Unused budget does not pile up beyond one tick's worth times ten. */
+        double cap = ps->cfg.bandwidth_bytes_per_s * 1e-9 * (double)tick * 10;
+        if (credit > cap) credit = cap;
+        pthread_mutex_unlock(&ps->mu);
+        pthread_mutex_lock(&ps->flush_mu);
+        credit -= send_early(ps, credit);
+        pthread_mutex_unlock(&ps->flush_mu);
+        pthread_mutex_lock(&ps->mu);
+    }
+    pthread_mutex_unlock(&ps->mu);
+    return NULL;
+}
+
+/* ---- life cycle ---------------------------------------------------------------------- */
+
+petrel_err petreli_ps_client_init(petrel_ps *ps) {
+    pthread_mutex_init(&ps->flush_mu, NULL);
+    ps->server_clock = petrel_calloc((size_t)ps->servers, sizeof *ps->server_clock);
+    if (!ps->server_clock) return PETREL_ERR_NOMEM;
+    for (int s = 0; s < ps->servers; s++) ps->server_clock[s] = ps->known_min;
+    petrel_err err = petrel_net_on(ps->net, PS_ROWS, on_rows, ps);
+    if (err == PETREL_OK) err = petrel_net_on(ps->net, PS_ADVANCE, on_advance, ps);
+    if (err == PETREL_OK && ps->cfg.bandwidth_bytes_per_s > 0) {
+        if (pthread_create(&ps->comm, NULL, comm_main, ps) != 0)
+            return petrel_error_set(PETREL_ERR_IO, "ps: cannot start the communication thread");
+        ps->comm_started = true;
+    }
+    return err;
+}
+
+petrel_err petreli_ps_client_table(petrel_ps *ps, uint32_t id) {
+    ps_table *t = &ps->tables[id];
+    petrel_ps_table_spec ls = local_spec(&t->spec);
+    petrel_err err = petreli_ps_store_new(&t->cache, &ls, 0, 1, sizeof(cache_meta));
+    if (err == PETREL_OK) err = petreli_ps_store_new(&t->oplog, &ls, 0, 1, sizeof(oplog_meta));
+    return err;
+}
+
+void petreli_ps_client_finish_all(petrel_ps *ps) {
+    while (ps->nthreads > 0) {
+        PETREL_LOG_WARN("ps", "worker %d: a thread stopped without petrel_ps_worker_finish",
+                        ps->worker_index);
+        if (petrel_ps_worker_finish(ps->threads[0]) != PETREL_OK)
+            PETREL_LOG_WARN("ps", "worker %d: %s", ps->worker_index, petrel_errmsg());
+    }
+}
+
+void petreli_ps_client_fini(petrel_ps *ps) {
+    if (ps->comm_started) {
+        pthread_mutex_lock(&ps->mu);
+        ps->comm_stop = true;
+        pthread_cond_broadcast(&ps->cv);
+        pthread_mutex_unlock(&ps->mu);
+        pthread_join(ps->comm, NULL);
+        ps->comm_started = false;
+    }
+    for (int i = 0; i < ps->nthreads; i++) petrel_free(ps->threads[i]);
+    petrel_free(ps->threads);
+    petrel_free(ps->server_clock);
+    pthread_mutex_destroy(&ps->flush_mu);
+}

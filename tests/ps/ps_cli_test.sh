@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# petrel train through the parameter server, as real processes on 127.0.0.1: the
+# MLP under BSP reaches its accuracy, matrix factorization with shards of unequal
+# size finishes under every consistency model and learns, a straggler is slowed, the
+# metrics carry the per-clock fields, snapshots resume, and bad flags are refused.
+set -u
+petrel=${1:?usage: ps_cli_test.sh PATH_TO_PETREL}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+ok() { echo "ok - $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL - $1 ($2)"; failed=$((failed + 1)); }
+expect_rc() { # name want_rc command...
+    local name=$1 want=$2; shift 2
+    timeout 120 "$@" >"$tmp/out" 2>"$tmp/err"
+    local rc=$?
+    if [[ $rc -eq $want ]]; then ok "$name"; else fail "$name" "exit $rc, expected $want: $(tail -c 400 "$tmp/err")"; fi
+}
+field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" "$tmp/out" | tail -1; }
+at_least() { awk -v a="${2:-0}" -v b="$3" 'BEGIN { exit !(a >= b) }' && ok "$1 $2 >= $3" || fail "$1" "got '$2'"; }
+at_most() { awk -v a="${2:-99}" -v b="$3" 'BEGIN { exit !(a <= b) }' && ok "$1 $2 <= $3" || fail "$1" "got '$2'"; }
+
+# Usage errors.
+expect_rc "bad --sync" 2 "$petrel" train --servers 1 --sync ssp:x
+expect_rc "--sync wants --servers" 2 "$petrel" train --sync bsp
+expect_rc "bad --straggler" 2 "$petrel" train --servers 1 --straggler 0:0.5
+expect_rc "straggler outside the job" 2 "$petrel" train --servers 1 --workers 2 --straggler 5:2
+
+# The MLP on Fashion-MNIST, 2 workers under BSP, one epoch (single process: 0.79-0.83).
+if ls /usr/share/datasets 2>/dev/null | grep -qi fashion; then
+    expect_rc "mlp over the PS" 0 "$petrel" train --model mlp --servers 1 --workers 2 --sync bsp \
+        --epochs 1 --out "$tmp/mlp"
+    at_least "mlp bsp accuracy" "$(field test_accuracy)" 0.80
+    grep -q '"event":"clock".*"wait_s".*"bytes_sent".*"stale_reads"' "$tmp/mlp/metrics.jsonl" &&
+        ok "per-clock metrics" || fail "per-clock metrics" "$(head -c 300 "$tmp/mlp/metrics.jsonl")"
+    [[ -s "$tmp/mlp/worker-1/metrics.jsonl" ]] && ok "worker 1 writes its metrics" ||
+        fail "worker 1 writes its metrics" "missing"
+else
+    echo "skip - Fashion-MNIST is not installed"
+fi
+
+# Ratings: a rank-2 matrix plus noise; 2003 users so that 3 workers get unequal shards.
+awk 'BEGIN { srand(5); for (u = 0; u < 2003; u++) for (i = 0; i < 300; i++) if (rand() < 0.05) {
+        a1 = sin(u); a2 = cos(u * 0.7); b1 = cos(i * 1.3); b2 = sin(i * 0.4)
+        printf "%d %d %.4f\n", u, i, 3 + a1 * b1 + a2 * b2 + (rand() - 0.5) * 0.1 } }' >"$tmp/r.txt"
+for m in bsp ssp:2 async; do
+    expect_rc "mf $m, unequal shards" 0 "$petrel" train --model mf --data "$tmp/r.txt" --rank 4 \
+        --lr 0.05 --batch 128 --epochs 8 --servers 2 --workers 3 --sync "$m" --out "$tmp/mf-$m"
+    at_most "mf $m test rmse" "$(field test_loss)" 0.6
+done
+
+# A straggler (its clocks take 3x their compute time) is recorded in the metrics.
+expect_rc "mf with a straggler" 0 "$petrel" train --model mf --data "$tmp/r.txt" --rank 4 \
+    --lr 0.05 --batch 128 --epochs 8 --servers 1 --workers 2 --sync bsp --straggler 1:3 \
+    --out "$tmp/mf-slow"
+grep -q '"straggler":1,"straggler_factor":3' "$tmp/mf-slow/metrics.jsonl" && ok "straggler recorded" ||
+    fail "straggler recorded" "$(head -c 300 "$tmp/mf-slow/metrics.jsonl")"
+
+# Snapshots every 20 clocks; a run resumed from the newest one (the end of epoch 2)
+# to epoch 4 ends exactly where an uninterrupted 4-epoch run does (BSP is deterministic).
+mf=(--model mf --data "$tmp/r.txt" --rank 4 --lr 0.05 --batch 128 --servers 2 --workers 2)
+expect_rc "snapshots" 0 "$petrel" train "${mf[@]}" --epochs 2 --snapshot-every 20 --out "$tmp/snap"
+ls "$tmp/snap/snapshots" | grep -q '^clock-20$' && [[ -s "$tmp/snap/snapshots/clock-20/table-1.server-1" ]] &&
+    ok "snapshot files" || fail "snapshot files" "$(ls -R "$tmp/snap/snapshots" | head)"
+expect_rc "uninterrupted run" 0 "$petrel" train "${mf[@]}" --epochs 4 --out "$tmp/straight"
+straight=$(field test_loss)
+expect_rc "resume" 0 "$petrel" train "${mf[@]}" --epochs 4 --resume "$tmp/snap/snapshots" --out "$tmp/resumed"
+grep -q "resuming at clock" "$tmp/err" && ok "resume says where" || fail "resume says where" "$(tail -c 300 "$tmp/err")"
+[[ -n "$straight" && "$(field test_loss)" == "$straight" ]] && ok "resumed run matches ($straight)" ||
+    fail "resumed run matches" "resumed $(field test_loss), uninterrupted $straight"
+expect_rc "resume from nothing" 1 "$petrel" train --model mf --data "$tmp/r.txt" --servers 1 \
+    --workers 1 --resume "$tmp/empty" --out "$tmp/none"
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
