@@ -167,7 +167,7 @@ static bool fresh(const petrel_ps *ps, const ps_table *t, const cache_meta *meta
  * Call with ps->mu held; it is released while sending. *all_fresh tells whether
  * nothing was missing. */
 static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, int64_t n,
-                          int64_t need, bool *all_fresh, bool count) {
+                          int64_t need, bool *all_fresh, bool *sent, bool count) {
     ps_table *t = &ps->tables[table];
     outbox o;
     petrel_err err = outbox_init(&o, ps->servers, 0, false);
@@ -192,7 +192,9 @@ static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, i
         err = outbox_add(&o, petreli_ps_partition(&t->spec, keys[i], ps->servers), keys[i], NULL);
     }
     *all_fresh = complete;
-    if (err == PETREL_OK && !complete) {
+    *sent = false;
+    if (err == PETREL_OK && o.n && !complete) {
+        for (int sv = 0; sv < o.servers; sv++) *sent = *sent || o.n[sv] > 0;
         pthread_mutex_unlock(&ps->mu);
         err = outbox_send(ps, &o, PS_GET, table, t->spec.sync.async ? PS_ANY_CLOCK : need);
         pthread_mutex_lock(&ps->mu);
@@ -217,9 +219,12 @@ petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_
     bool waited = false;
     pthread_mutex_lock(&ps->mu);
     for (bool first = true;; first = false) {
-        bool all_fresh = false;
-        err = request(ps, table, keys, n, need, &all_fresh, first);
+        bool all_fresh = false, sent = false;
+        err = request(ps, table, keys, n, need, &all_fresh, &sent, first);
         if (err != PETREL_OK || all_fresh) break;
+        /* The rows may have arrived while the lock was released to send: look again
+         * before sleeping, or their wakeup is lost. */
+        if (sent) continue;
         if ((err = servers_alive(ps)) != PETREL_OK) break;
         waited = true;
         if (!petreli_ps_wait(ps, deadline)) {
@@ -266,9 +271,10 @@ petrel_err petrel_ps_prefetch(petrel_ps_worker *w, uint32_t table, const uint64_
     petrel_err err = check_table(ps, table);
     if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
     if (err != PETREL_OK) return err;
-    bool all_fresh;
+    bool all_fresh, sent;
     pthread_mutex_lock(&ps->mu);
-    err = request(ps, table, keys, n, need_of(&ps->tables[table], w->clock), &all_fresh, false);
+    err = request(ps, table, keys, n, need_of(&ps->tables[table], w->clock), &all_fresh, &sent,
+                  false);
     pthread_mutex_unlock(&ps->mu);
     return err;
 }

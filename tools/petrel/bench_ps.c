@@ -822,7 +822,7 @@ static void ps_usage(FILE *f) {
                "a C++ ZeroMQ parameter server's published figures (ref; not measured here),\n"
                "then says whether the targets of docs/bench.md are met. With 2 workers the\n"
                "figures are aggregates. Takes 1 to 2 minutes on 2 cores, mostly the sparse\n"
-               "pushes (--quick: about 30 s).\n"
+               "pushes (--quick: 30 to 50 s).\n"
                "\n"
                "options (default in brackets):\n"
                "  --quick         2000 round trips after 200; throughput 64 MiB (at least 2\n"
