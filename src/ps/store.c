@@ -31,20 +31,22 @@
  *   ARRAY  dense, HASH: a u32 per key of the table (slot + 1; 0: not ours),
  *          chosen when it is smaller than a hash index would be;
  *   HASH   sparse (or a dense table too large for ARRAY): open addressing over
- *          2^k groups of 4 entries (key, slot + 1), one cache line each; a key
- *          probes groups linearly from its home group, the top k bits of
- *          mix64(key), and the index keeps its load at most 0.7 (93% of keys
- *          then sit in their home group). The top bits are independent of
- *          mix64(key) mod S, so one server's keys still fill every group.
+ *          2^k groups of 5 entries (u64 key, u32 slot + 1), one cache line each;
+ *          a key probes groups linearly from its home group, the top k bits of
+ *          mix64(key), and the index stays at most 0.7 full (at 10M keys: 4M
+ *          groups, 256 MiB, 98% of keys in their home group). The top bits are
+ *          independent of mix64(key) mod S, so one server's keys still fill every
+ *          group. At most 2^32 - 2 rows per store.
  *
  * Hot path (apply, gather, set). Keys go in chunks of CHUNK. A first pass looks
  * for each key in its home group only, prefetching the group AHEAD keys ahead
  * and each found row, and without branching on what it loads: a branch that
  * waits on a cache miss and then mispredicts would discard the misses issued
  * after it, and memory parallelism is what this loop lives on. A second pass
- * handles the rest (keys further along, missing keys, keys of other servers);
- * then the chunk's rows, by now in cache, are updated. A key found in the index
- * is this server's by construction; only a missing key pays for the
+ * takes the keys it did not find (further along, new, or another server's),
+ * after making room for the new ones at once so that making a row is a few
+ * stores; then the chunk's rows, by now in cache, are updated. A key found in
+ * the index is this server's by construction; only a missing key pays for the
  * partitioner. Big arrays ask for transparent huge pages (TLB misses), and a
  * push whose first chunk makes rows sizes the arrays for the whole push.
  *
@@ -90,12 +92,8 @@
 
 __extension__ typedef unsigned __int128 u128;
 
-#ifndef CHUNK
 #define CHUNK 256 /* keys resolved before their rows are updated */
-#endif
-#ifndef AHEAD
-#define AHEAD 64 /* keys between an index prefetch and its use */
-#endif
+#define AHEAD 64  /* keys between an index prefetch and its use */
 
 #define MAGIC        "PTRLPST1"
 #define VERSION      1u
@@ -103,12 +101,20 @@ __extension__ typedef unsigned __int128 u128;
 #define MAX_COLS     ((int64_t)1 << 28)
 #define IO_BUF       ((size_t)1 << 20)
 
-/* Four entries of the hash index in one cache line. Entries fill in order and are
- * never removed, so a group with an empty entry ends every probe that reaches it. */
+/* Five entries of the hash index in one cache line. Entries fill in order and are
+ * never removed (only all at once), so a group with an empty entry ends every
+ * probe that reaches it. An entry's number is group * 8 + index. */
+#define GROUP 5
 typedef struct group {
-    uint64_t key[4];
-    uint64_t slot1[4]; /* slot + 1; 0: empty */
+    uint64_t key[GROUP];
+    uint32_t slot1[GROUP]; /* slot + 1; 0: empty */
+    uint32_t unused;
 } group;
+
+_Static_assert(sizeof(group) == 64, "a group is one cache line");
+
+/* Rows one hash-indexed store can hold (slot + 1 fits a u32). */
+#define MAX_HASH_ROWS ((int64_t)UINT32_MAX - 1)
 
 typedef enum index_kind { INDEX_SPAN, INDEX_ARRAY, INDEX_HASH } index_kind;
 
@@ -222,7 +228,8 @@ static petrel_err check_spec(const petrel_ps_table_spec *sp, int server, int ser
 
 /* Large arrays ask for transparent huge pages: the hot path reads them at random,
  * and with 4 KiB pages nearly every access of a big table also misses the TLB
- * (a third fewer keys/s at 10M keys). Only advice: it may be refused. */
+ * (at 10M keys, a quarter fewer keys/s without them). Only advice: it may be
+ * refused, and small arrays are left alone. */
 static void advise_huge(void *p, size_t bytes) {
 #ifdef MADV_HUGEPAGE
     const uintptr_t page = 4096;
@@ -337,33 +344,44 @@ static void init_slot(petreli_ps_store *s, int64_t slot) {
 
 /* ---- hash index -------------------------------------------------------------------- */
 
-/* Entries (a power of two >= 64) that hold n keys at load <= 0.7. */
-static uint64_t entries_for(int64_t n) {
-    uint64_t cap = 64;
-    while ((uint64_t)n * 10 > cap * 7) cap *= 2;
-    return cap;
+/* Groups (a power of two >= 16) that hold n keys at load <= 0.7: n <= 3.5 groups. */
+static uint64_t groups_for(int64_t n) {
+    uint64_t g = 16;
+    while ((uint64_t)n * 2 > g * 7) g *= 2;
+    return g;
 }
 
-static uint64_t entries(const petreli_ps_store *s) {
-    return (s->gmask + 1) * 4;
+/* Keys the index holds at load <= 0.7. */
+static int64_t index_room(const petreli_ps_store *s) {
+    return (int64_t)((s->gmask + 1) * 7 / 2);
 }
 
-/* The entry (group * 4 + index) holding key, or the empty one where it would go. */
-static inline uint64_t probe(const petreli_ps_store *s, uint64_t key) {
-    for (uint64_t g = petreli_ps_mix64(key) >> s->gshift;; g = (g + 1) & s->gmask) {
-        const group *gr = &s->groups[g];
-        for (int j = 0; j < 4; j++)
-            if (!gr->slot1[j] || gr->key[j] == key) return g * 4 + (uint64_t)j;
+/* The entry holding key, or the empty one where it would go, in the index G of
+ * gmask + 1 groups. */
+static inline uint64_t probe_in(const group *G, uint64_t gmask, int gshift, uint64_t key) {
+    for (uint64_t g = petreli_ps_mix64(key) >> gshift;; g = (g + 1) & gmask) {
+        const group *gr = &G[g];
+        for (int j = 0; j < GROUP; j++)
+            if (!gr->slot1[j] || gr->key[j] == key) return g * 8 + (uint64_t)j;
     }
 }
 
-static inline uint64_t *entry_slot1(const petreli_ps_store *s, uint64_t e) {
-    return &s->groups[e >> 2].slot1[e & 3];
+static inline uint64_t probe(const petreli_ps_store *s, uint64_t key) {
+    return probe_in(s->groups, s->gmask, s->gshift, key);
 }
 
-/* Replaces the index with one of cap entries holding every slot. */
-static petrel_err rehash(petreli_ps_store *s, uint64_t cap) {
-    uint64_t ngroups = cap / 4;
+static inline uint32_t *entry_slot1(group *G, uint64_t e) {
+    return &G[e >> 3].slot1[e & 7];
+}
+
+static inline void entry_set(group *G, uint64_t e, uint64_t key, int64_t slot) {
+    G[e >> 3].key[e & 7] = key;
+    G[e >> 3].slot1[e & 7] = (uint32_t)(slot + 1);
+}
+
+/* Replaces the index with one of ngroups groups holding every slot, inserted in
+ * slot order. */
+static petrel_err rehash(petreli_ps_store *s, uint64_t ngroups) {
     group *ng = alloc_array((int64_t)ngroups, sizeof *ng);
     if (!ng) return PETREL_ERR_NOMEM;
     memset(ng, 0, ngroups * sizeof *ng);
@@ -372,16 +390,7 @@ static petrel_err rehash(petreli_ps_store *s, uint64_t cap) {
     for (int64_t i = 0; i < s->count; i++) {
         if (i + AHEAD < s->count)
             __builtin_prefetch(&ng[petreli_ps_mix64(s->keys[i + AHEAD]) >> shift], 1);
-        uint64_t key = s->keys[i];
-        for (uint64_t g = petreli_ps_mix64(key) >> shift;; g = (g + 1) & mask) {
-            int j = 0;
-            while (j < 4 && ng[g].slot1[j]) j++;
-            if (j < 4) {
-                ng[g].key[j] = key;
-                ng[g].slot1[j] = (uint64_t)i + 1;
-                break;
-            }
-        }
+        entry_set(ng, probe_in(ng, mask, shift, s->keys[i]), s->keys[i], i);
     }
     petrel_free(s->groups);
     s->groups = ng;
@@ -390,20 +399,29 @@ static petrel_err rehash(petreli_ps_store *s, uint64_t cap) {
     return PETREL_OK;
 }
 
+static petrel_err too_many_rows(int64_t want) {
+    return petrel_error_set(PETREL_ERR_NOMEM,
+                            "ps table: %lld rows on one server, at most %lld in a sparse table",
+                            (long long)want, (long long)MAX_HASH_ROWS);
+}
+
 /* Appends a slot for key, absent from the index, whose probe (`probe(s, key)`,
  * made since the index last changed) ended at entry e; the slot's data is left
  * for the caller. -1 with PETREL_ERR_NOMEM set when memory runs out (nothing
  * changed). */
 static int64_t add_slot(petreli_ps_store *s, uint64_t key, uint64_t e) {
+    if (s->count >= MAX_HASH_ROWS) {
+        (void)too_many_rows(s->count + 1);
+        return -1;
+    }
     if (reserve_slots(s, s->count + 1) != PETREL_OK) return -1;
-    if ((uint64_t)(s->count + 1) * 10 > entries(s) * 7) {
-        if (rehash(s, entries(s) * 2) != PETREL_OK) return -1;
+    if (s->count + 1 > index_room(s)) {
+        if (rehash(s, (s->gmask + 1) * 2) != PETREL_OK) return -1;
         e = probe(s, key);
     }
     int64_t slot = s->count++;
     s->keys[slot] = key;
-    s->groups[e >> 2].key[e & 3] = key;
-    *entry_slot1(s, e) = (uint64_t)slot + 1;
+    entry_set(s->groups, e, key, slot);
     return slot;
 }
 
@@ -416,9 +434,24 @@ static inline int64_t find(const petreli_ps_store *s, uint64_t key) {
     case INDEX_ARRAY:
         return key < (uint64_t)s->spec.rows ? (int64_t)s->dmap[key] - 1 : -1;
     case INDEX_HASH:
-        return (int64_t)*entry_slot1(s, probe(s, key)) - 1;
+        return (int64_t)*entry_slot1(s->groups, probe(s, key)) - 1;
     }
     return -1;
+}
+
+/* Room for `want` rows: slot arrays and an index that holds them at load <= 0.7,
+ * so that adding rows up to that count allocates nothing. */
+static petrel_err make_room(petreli_ps_store *s, int64_t want) {
+    if (want > MAX_HASH_ROWS) return too_many_rows(want);
+    petrel_err err = reserve_slots(s, want);
+    if (err == PETREL_OK && want > index_room(s)) err = rehash(s, groups_for(want));
+    return err;
+}
+
+/* How many rows the store holds before making one must allocate. */
+static int64_t room_of(const petreli_ps_store *s) {
+    int64_t by_index = index_room(s);
+    return s->cap < by_index ? s->cap : by_index;
 }
 
 /* A sparse key's new row, initialized; e as for add_slot. -1 with
@@ -521,10 +554,13 @@ static int64_t resolve(petreli_ps_store *s, const uint64_t *keys, int64_t i0, in
      * home group, checked whole; a key found there gets its slot, any other -1. */
     const group *G = s->groups;
     const int gshift = s->gshift;
+    const uint64_t gmask = s->gmask;
     if (i0 == 0)
         for (int64_t j = 0; j < AHEAD && j < n; j++)
             __builtin_prefetch(&G[petreli_ps_mix64(keys[j]) >> gshift], 0);
-    const uint64_t gmask = s->gmask;
+    int64_t fresh = 0;   /* keys surely absent: their home group has room */
+    int32_t todo[CHUNK]; /* keys not found in their home group, by index - i0 */
+    int nt = 0;
     for (int64_t i = i0; i < i1; i++) {
         if (i + AHEAD < n) __builtin_prefetch(&G[petreli_ps_mix64(keys[i + AHEAD]) >> gshift], 0);
         const uint64_t key = keys[i];
@@ -532,32 +568,87 @@ static int64_t resolve(petreli_ps_store *s, const uint64_t *keys, int64_t i0, in
         const group *g = &G[gi];
         /* At most one entry holds key; an empty one (key 0, slot1 0) adds nothing. */
         uint64_t s1 = 0;
-        for (int j = 0; j < 4; j++) s1 |= g->slot1[j] & -(uint64_t)(g->key[j] == key);
+        for (int j = 0; j < GROUP; j++) s1 |= g->slot1[j] & -(uint64_t)(g->key[j] == key);
         /* A full group without key: the second pass will look at the next one. */
-        uint64_t next = (uint64_t)(s1 == 0) & (uint64_t)(g->slot1[3] != 0);
+        const uint64_t full = g->slot1[GROUP - 1] != 0, next = (uint64_t)(s1 == 0) & full;
         __builtin_prefetch(&G[(gi + next) & gmask], 0);
         int64_t slot = (int64_t)s1 - 1;
         prefetch_row(s, slot, pf);
         slots[i - i0] = slot;
+        fresh += (int64_t)((uint64_t)(s1 == 0) & (full ^ 1));
+        todo[nt] = (int32_t)(i - i0);
+        nt += slot < 0;
     }
-    /* Second pass: keys beyond their home group, missing or not ours. */
+    /* Second pass: keys beyond their home group, missing or not ours. Room is
+     * made first for the keys the first pass found absent, so that their rows
+     * need no checks and the loop keeps the store's fields in registers (a store
+     * through s->keys could otherwise alias s->count); a row beyond that room
+     * goes through make_row's checks. */
     const bool sparse = s->spec.kind == PETREL_PS_SPARSE;
-    for (int64_t i = i0; i < i1; i++) {
-        if (slots[i - i0] >= 0) continue;
+    if (nt == 0) return i1;
+    if (sparse && fresh > 0 && make_room(s, s->count + fresh) != PETREL_OK) {
+        *err = PETREL_ERR_NOMEM;
+        return i0 + todo[0];
+    }
+    const bool plain = s->cols == 1 && s->spec.init == PETREL_PS_INIT_ZERO && !s->state_floats &&
+                       !s->has_steps && !s->aux_bytes;
+    group *Gw = s->groups;
+    uint64_t *K = s->keys;
+    float *V = s->values;
+    uint64_t gm = s->gmask;
+    int gs = s->gshift;
+    int64_t count = s->count, room = room_of(s);
+    for (int t = 0; t < nt; t++) {
+        const int64_t i = i0 + todo[t];
         const uint64_t key = keys[i];
-        const uint64_t e = probe(s, key);
-        int64_t slot = (int64_t)*entry_slot1(s, e) - 1;
+        /* The home group again (a row made above may have gone there), whole:
+         * entries fill in order, so with no match and room, key is absent and
+         * goes to the first empty entry; only past a full group, probe on. */
+        const uint64_t gi = petreli_ps_mix64(key) >> gs;
+        const group *g = &Gw[gi];
+        uint64_t s1 = 0, filled = 0;
+        for (int j = 0; j < GROUP; j++) {
+            s1 |= g->slot1[j] & -(uint64_t)(g->key[j] == key);
+            filled += g->slot1[j] != 0;
+        }
+        uint64_t e = gi * 8 + filled;
+        if (!s1 && filled == GROUP) {
+            e = probe_in(Gw, gm, gs, key);
+            s1 = *entry_slot1(Gw, e);
+        }
+        int64_t slot = (int64_t)s1 - 1;
         if (slot < 0) {
             if (!sparse || petreli_ps_partition(&s->spec, key, s->servers) != s->server) {
                 reject(rj, key);
-            } else if ((slot = make_row(s, key, e)) < 0) {
-                *err = PETREL_ERR_NOMEM;
-                return i;
+                continue;
+            }
+            if (count < room) {
+                slot = count++;
+                K[slot] = key;
+                entry_set(Gw, e, key, slot);
+                if (plain)
+                    V[slot] = 0.0f;
+                else
+                    init_slot(s, slot);
+            } else {
+                s->count = count;
+                if ((slot = make_row(s, key, e)) < 0) {
+                    *err = PETREL_ERR_NOMEM;
+                    return i;
+                }
+                Gw = s->groups;
+                K = s->keys;
+                V = s->values;
+                gm = s->gmask;
+                gs = s->gshift;
+                count = s->count;
+                room = room_of(s);
             }
         }
-        if (slot >= 0) prefetch_row(s, slot, pf);
+        prefetch_row(s, slot, pf);
         slots[i - i0] = slot;
     }
+    s->count = count;
     return i1;
 }
 
@@ -572,8 +663,8 @@ typedef enum op_kind { OP_APPLY, OP_GATHER, OP_SET } op_kind;
 static void presize(petreli_ps_store *s, int64_t more) {
     int64_t want = s->count + more;
     if (want <= s->cap) return;
-    if (set_capacity(s, want) != PETREL_OK) return;
-    if (entries_for(want) > entries(s)) (void)rehash(s, entries_for(want));
+    if (want > MAX_HASH_ROWS || set_capacity(s, want) != PETREL_OK) return;
+    if (want > index_room(s)) (void)rehash(s, groups_for(want));
 }
 
 /* keys (m) resolved to sl (m); d (m, C) deltas. */
@@ -698,7 +789,7 @@ petrel_err petreli_ps_store_set(petreli_ps_store *s, const uint64_t *keys, int64
 int64_t petreli_ps_store_slot(petreli_ps_store *s, uint64_t key, bool create) {
     if (s->index != INDEX_HASH || s->spec.kind != PETREL_PS_SPARSE) return find(s, key);
     uint64_t e = probe(s, key);
-    int64_t slot = (int64_t)*entry_slot1(s, e) - 1;
+    int64_t slot = (int64_t)*entry_slot1(s->groups, e) - 1;
     if (slot >= 0 || !create || petreli_ps_partition(&s->spec, key, s->servers) != s->server)
         return slot;
     return make_row(s, key, e);
@@ -707,15 +798,14 @@ int64_t petreli_ps_store_slot(petreli_ps_store *s, uint64_t key, bool create) {
 void petreli_ps_store_clear(petreli_ps_store *s) {
     PETREL_ASSERT(s->spec.kind == PETREL_PS_SPARSE, "only a sparse store can be cleared");
     /* Zero the entries one by one when that touches less memory than zeroing
-     * the whole index (a line per row against 16 bytes per entry), newest first:
+     * the whole index (a line per row against a line per group), newest first:
      * the index then goes back through the states it had as the rows were made
      * (slot order; a rehash or a load inserts in that order too), so each probe
-     * still finds its key. */
-    if ((uint64_t)s->count * 64 < entries(s) * 16) {
+     * still finds its key, and every group stays filled from its first entry. */
+    if ((uint64_t)s->count < s->gmask + 1) {
         for (int64_t i = s->count - 1; i >= 0; i--) {
             uint64_t e = probe(s, s->keys[i]);
-            s->groups[e >> 2].key[e & 3] = 0;
-            *entry_slot1(s, e) = 0;
+            entry_set(s->groups, e, 0, -1);
         }
     } else {
         memset(s->groups, 0, (s->gmask + 1) * sizeof *s->groups);
@@ -785,8 +875,8 @@ static petrel_err make_dense(petreli_ps_store *s) {
         owned += petreli_ps_partition(&s->spec, k, s->servers) == s->server;
     petrel_err err = set_capacity(s, owned);
     if (err != PETREL_OK) return err;
-    /* ARRAY costs 4 bytes per key of the table, HASH 16 per entry. */
-    if (rows < UINT32_MAX && rows * 4 <= entries_for(owned) * 16) {
+    /* ARRAY costs 4 bytes per key of the table, HASH 64 per group. */
+    if (rows < UINT32_MAX && rows * 4 <= groups_for(owned) * sizeof(group)) {
         s->index = INDEX_ARRAY;
         if (!(s->dmap = alloc_array((int64_t)rows, sizeof *s->dmap))) return PETREL_ERR_NOMEM;
         memset(s->dmap, 0, rows * sizeof *s->dmap);
@@ -798,11 +888,12 @@ static petrel_err make_dense(petreli_ps_store *s) {
         return PETREL_OK;
     }
     s->index = INDEX_HASH;
-    if ((err = rehash(s, entries_for(owned))) != PETREL_OK) return err;
+    if (owned > MAX_HASH_ROWS) return too_many_rows(owned);
+    if ((err = rehash(s, groups_for(owned))) != PETREL_OK) return err;
     for (uint64_t k = 0; k < rows; k++)
         if (petreli_ps_partition(&s->spec, k, s->servers) == s->server)
-            add_slot(s, k, probe(s, k));
-    return PETREL_OK; /* add_slot cannot fail: slots and buckets were sized above */
+            (void)add_slot(s, k, probe(s, k)); /* cannot fail: everything is sized */
+    return PETREL_OK;
 }
 
 /* An empty store (dense: its slots laid out, their data not yet set). */
@@ -825,7 +916,7 @@ static petrel_err store_create(petreli_ps_store **out, const petrel_ps_table_spe
         err = make_dense(s);
     } else {
         s->index = INDEX_HASH;
-        err = rehash(s, entries_for(0));
+        err = rehash(s, groups_for(0));
     }
     if (err != PETREL_OK) goto fail;
     *out = s;
@@ -1138,9 +1229,7 @@ static petrel_err read_rows(petreli_ps_store *t, const char *path, reader *r, co
             PETREL_ERR_FORMAT, "%s: holds %llu rows, server %d of %d of this dense table has %lld",
             path, (unsigned long long)h->count, t->server, t->servers, (long long)t->count);
     if (!dense) {
-        petrel_err err = reserve_slots(t, (int64_t)h->count);
-        if (err == PETREL_OK && entries_for((int64_t)h->count) > entries(t))
-            err = rehash(t, entries_for((int64_t)h->count));
+        petrel_err err = make_room(t, (int64_t)h->count);
         if (err != PETREL_OK) return err;
     }
     const size_t vbytes = (size_t)t->cols * sizeof(float);
@@ -1171,7 +1260,7 @@ static petrel_err read_rows(petreli_ps_store *t, const char *path, reader *r, co
                                         (unsigned long long)key,
                                         petreli_ps_partition(&t->spec, key, t->servers), t->server);
             const uint64_t e = probe(t, key);
-            if (*entry_slot1(t, e))
+            if (*entry_slot1(t->groups, e))
                 return petrel_error_set(
                     PETREL_ERR_FORMAT, "%s: row %llu (byte %llu): key %llu appears twice", path,
                     (unsigned long long)i, (unsigned long long)at, (unsigned long long)key);
@@ -1182,8 +1271,7 @@ static petrel_err read_rows(petreli_ps_store *t, const char *path, reader *r, co
         if (ok && sbytes) ok = rd_get(r, t->state + slot * t->state_floats, sbytes);
         if (ok && t->has_steps) {
             unsigned char sb[8];
-            ok = rd_get(r, sb, 8);
-            t->steps[slot] = (int64_t)get_le(sb, 8);
+            if ((ok = rd_get(r, sb, 8))) t->steps[slot] = (int64_t)get_le(sb, 8);
         }
         if (!ok)
             return petrel_error_set(PETREL_ERR_FORMAT, "%s: truncated in row %llu (byte %llu)",

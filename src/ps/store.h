@@ -56,16 +56,21 @@ int64_t petreli_ps_store_steps(const petreli_ps_store *s, int64_t slot);
 
 /* Applies the table's rule to n rows: keys[i] with deltas + i * cols, from a worker
  * at clock. Sparse rows are made on first touch. PETREL_ERR_INVALID names the first
- * key that is not this server's (the others are still applied). */
+ * key that is not this server's (the others are still applied). PETREL_ERR_NOMEM
+ * when a row cannot be made: the keys before some index have been applied, the
+ * others not, and the store is consistent. A key repeated in one call is applied
+ * once per occurrence, in order. */
 PETREL_NODISCARD petrel_err petreli_ps_store_apply(petreli_ps_store *s, const uint64_t *keys,
                                                    int64_t n, const float *deltas, int64_t clock);
 
 /* Copies n rows into out (cols floats each); slots (may be NULL) receives each
- * row's slot. Sparse rows are made on first touch. Errors as apply. */
+ * row's slot (-1, and zeros in out, for another server's key). Sparse rows are
+ * made on first touch. Errors as apply. */
 PETREL_NODISCARD petrel_err petreli_ps_store_gather(petreli_ps_store *s, const uint64_t *keys,
                                                     int64_t n, float *out, int64_t *slots);
 
-/* Overwrites n rows' values (their rule state is kept). Errors as apply. */
+/* Overwrites n rows' values (their rule state is kept), making missing sparse
+ * rows. Errors as apply. */
 PETREL_NODISCARD petrel_err petreli_ps_store_set(petreli_ps_store *s, const uint64_t *keys,
                                                  int64_t n, const float *values);
 

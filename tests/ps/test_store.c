@@ -127,6 +127,23 @@ static void check_dense_layout(petrel_ps_partition part, int servers) {
         for (uint64_t k = 0; k < (uint64_t)rows; k++)
             if (petreli_ps_partition(&spec, k, servers) != sv)
                 CHECK(petreli_ps_store_slot(s, k, true) == -1);
+        /* All keys in one call: ours read their rows, the others zeros and an error
+         * that counts them. */
+        uint64_t all[1000];
+        float got[3000];
+        int64_t where[1000];
+        for (int64_t k = 0; k < rows; k++) all[k] = (uint64_t)(rows - 1 - k);
+        petrel_err err = petreli_ps_store_gather(s, all, rows, got, where);
+        CHECK(err == (n == rows ? PETREL_OK : PETREL_ERR_INVALID));
+        if (n < rows) {
+            char want[64];
+            snprintf(want, sizeof want, "(%lld of %lld keys rejected)", (long long)(rows - n),
+                     (long long)rows);
+            CHECK(strstr(petrel_errmsg(), want) != NULL);
+        }
+        for (int64_t k = 0; k < rows; k++)
+            CHECK(where[k] == petreli_ps_store_slot(s, all[k], false) && got[3 * k] == 0 &&
+                  got[3 * k + 2] == 0);
         CHECK(petreli_ps_store_slot(s, (uint64_t)rows, true) == -1);
         CHECK(petreli_ps_store_slot(s, UINT64_MAX, true) == -1);
         CHECK(petreli_ps_store_count(s) == n);
