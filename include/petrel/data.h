@@ -265,7 +265,8 @@ void petrel_ratings_fini(petrel_ratings *r);
  * (maximal runs of ASCII letters and digits, lowercased, tokens shorter than 2
  * dropped), optionally joined into bigrams ("tok1 tok2", one space), hashed with
  * 64-bit FNV-1a and reduced to bucket = hash mod 2^hash_bits (the low bits; file
- * index bucket + 1). Values are counts (TF) or TF-IDF with
+ * index bucket + 1). Buckets in more than max_df of the N training documents are
+ * dropped (stop words). Values are counts (TF) or TF-IDF with
  * idf = ln((1 + N) / (1 + df)) + 1 over the N training documents, then each
  * document is scaled to unit L2 norm unless l2 is off. The corpus is read once;
  * only the hashed counts are kept in memory. Nothing here is shared between
@@ -292,17 +293,20 @@ typedef struct petrel_text_config {
     bool l2;              /* scale every document to unit L2 norm */
     double test_fraction; /* share of documents in the test split, 0 <= f < 1 */
     uint64_t seed;        /* split seed */
+    double max_df;        /* drop the buckets found in more than floor(max_df * N) of the
+                             N training documents; 0 < max_df <= 1, 1 keeps all */
 } petrel_text_config;
 
 /* source CORPUS, per_line false, hash_bits 18, bigrams false, tfidf false, l2 true,
- * test_fraction 0.2, seed 1. */
+ * test_fraction 0.2, seed 1, max_df 1. */
 petrel_text_config petrel_text_config_default(void);
 
 /* What a conversion produced. */
 typedef struct petrel_text_summary {
     int64_t docs, train_docs, test_docs;
     int32_t classes;
-    int64_t features_used; /* distinct buckets over all documents */
+    int64_t features_used;    /* distinct buckets over all documents (before max_df) */
+    int64_t features_dropped; /* of those, the buckets max_df dropped */
 } petrel_text_summary;
 
 /* 64-bit FNV-1a of len bytes: h = 0xcbf29ce484222325; per byte h = (h ^ b) *

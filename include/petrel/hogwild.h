@@ -14,10 +14,10 @@
  * data.h: petrel_rng seeded with seed ^ 0x9e3779b97f4a7c15 * (epoch + 1)) is split
  * into `threads` contiguous partitions [t*n/T, (t+1)*n/T); thread t runs plain SGD,
  * one sample (a row, or a rating) at a time, over its own partition with step
- * lr * decay^epoch. The
- * weights are shared by all threads and accessed only through relaxed C11 atomics
- * (load, compute, store): updates may be lost, as Hogwild allows, but there is no
- * data race in the C memory model, so ThreadSanitizer stays clean. The modes:
+ * lr * decay^epoch. The weights are shared by all threads and accessed only through
+ * relaxed C11 atomics (load, compute, store): updates may be lost, as Hogwild
+ * allows, but there is no data race in the C memory model, so ThreadSanitizer stays
+ * clean. The modes:
  *   LOCKFREE     the above;
  *   LOCKED       one global mutex held around each sample's read-compute-write;
  *   ROUND_ROBIN  threads take turns in the fixed order 0, 1, .., T-1, one sample
@@ -38,6 +38,10 @@
  *         fprintf(stderr, "%s\n", petrel_errmsg());
  *     printf("acc %.3f\n", r.epoch[r.epochs - 1].test_accuracy);
  *     petrel_hogwild_result_fini(&r);
+ *
+ *     // matrix factorization of rank 8 on ratings (data.h: petrel_ratings_read)
+ *     if (petrel_hogwild_train_mf(&ratings_train, &ratings_test, cfg, 8, &r) == PETREL_OK)
+ *         printf("test RMSE %.3f\n", r.epoch[r.epochs - 1].test_rmse);
  */
 #ifndef PETREL_HOGWILD_H
 #define PETREL_HOGWILD_H

@@ -50,6 +50,7 @@ petrel_text_config petrel_text_config_default(void) {
     c.l2 = true;
     c.test_fraction = 0.2;
     c.seed = 1;
+    c.max_df = 1.0;
     return c;
 }
 
@@ -627,9 +628,11 @@ static petrel_err out_close(out_file *o, petrel_err err) {
     return err;
 }
 
+/* keys/df: the training documents' buckets and document frequencies (when TF-IDF or
+ * max_df needs them); a bucket in more than max_docs of them is left out. */
 static petrel_err write_rows(const corpus *c, const bool *is_test, const petrel_text_config *cfg,
                              const uint32_t *keys, const int64_t *df, size_t nkeys, int64_t n_train,
-                             out_file *train, out_file *test) {
+                             int64_t max_docs, out_file *train, out_file *test) {
     size_t cap = 0;
     double *w = NULL;
     for (int64_t r = 0; r < c->n; r++) {
@@ -643,7 +646,9 @@ static petrel_err write_rows(const corpus *c, const bool *is_test, const petrel_
         double ss = 0;
         for (int64_t i = b; i < e; i++) {
             double v = c->cnt[i];
-            if (cfg->tfidf) v *= petrel_text_idf(n_train, lookup_df(keys, df, nkeys, c->col[i]));
+            int64_t d = keys ? lookup_df(keys, df, nkeys, c->col[i]) : 0;
+            if (d > max_docs) v = 0; /* dropped: a stop word */
+            if (cfg->tfidf) v *= petrel_text_idf(n_train, d);
             w[i - b] = v;
             ss += v * v;
         }
@@ -651,7 +656,8 @@ static petrel_err write_rows(const corpus *c, const bool *is_test, const petrel_
         FILE *f = is_test[r] ? test->f : train->f;
         fprintf(f, "%d", (int)c->label[r]);
         for (int64_t i = b; i < e; i++)
-            fprintf(f, " %lu:%.7g", (unsigned long)c->col[i] + 1, w[i - b] * scale);
+            if (w[i - b] != 0)
+                fprintf(f, " %lu:%.7g", (unsigned long)c->col[i] + 1, w[i - b] * scale);
         fputc('\n', f);
     }
     petrel_free(w);
@@ -669,6 +675,9 @@ petrel_err petrel_text_to_libsvm(const char *input, const char *out_prefix, petr
                                 cfg.test_fraction);
     if ((unsigned)cfg.source >= PETREL_TEXT_SOURCE_COUNT)
         return petrel_error_set(PETREL_ERR_INVALID, "text source %d: unknown", (int)cfg.source);
+    if (!(cfg.max_df > 0.0 && cfg.max_df <= 1.0))
+        return petrel_error_set(PETREL_ERR_INVALID, "max_df %g: expected 0 < max_df <= 1",
+                                cfg.max_df);
 
     corpus c;
     memset(&c, 0, sizeof c);
@@ -703,8 +712,13 @@ petrel_err petrel_text_to_libsvm(const char *input, const char *out_prefix, petr
         goto fail;
     int64_t n_test = 0;
     for (int64_t i = 0; i < c.n; i++) n_test += is_test[i];
-    if (cfg.tfidf && (err = distinct_cols(&c, is_test, false, &keys, &df, &nkeys)) != PETREL_OK)
+    if ((cfg.tfidf || cfg.max_df < 1.0) &&
+        (err = distinct_cols(&c, is_test, false, &keys, &df, &nkeys)) != PETREL_OK)
         goto fail;
+    const int64_t max_docs =
+        cfg.max_df < 1.0 ? (int64_t)floor(cfg.max_df * (double)(c.n - n_test)) : INT64_MAX;
+    int64_t dropped = 0;
+    for (size_t k = 0; k < nkeys; k++) dropped += df[k] > max_docs;
     if ((err = distinct_cols(&c, NULL, false, &all_keys, &all_counts, &nall)) != PETREL_OK)
         goto fail;
     petrel_free(all_keys);
@@ -715,7 +729,7 @@ petrel_err petrel_text_to_libsvm(const char *input, const char *out_prefix, petr
     if ((err = out_open(&tr, out_prefix, ".train.svm")) != PETREL_OK) goto fail;
     if ((err = out_open(&te, out_prefix, ".test.svm")) != PETREL_OK) goto fail;
     if ((err = out_open(&cl, out_prefix, ".classes")) != PETREL_OK) goto fail;
-    err = write_rows(&c, is_test, &cfg, keys, df, nkeys, c.n - n_test, &tr, &te);
+    err = write_rows(&c, is_test, &cfg, keys, df, nkeys, c.n - n_test, max_docs, &tr, &te);
     for (int32_t i = 0; err == PETREL_OK && i < c.classes; i++)
         fprintf(cl.f, "%d %s\n", (int)i, c.names[i]);
     err = out_close(&tr, err);
@@ -729,6 +743,7 @@ petrel_err petrel_text_to_libsvm(const char *input, const char *out_prefix, petr
         summary->test_docs = n_test;
         summary->classes = c.classes;
         summary->features_used = (int64_t)nall;
+        summary->features_dropped = dropped;
     }
     petrel_free(df);
     petrel_free(keys);

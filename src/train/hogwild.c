@@ -24,43 +24,56 @@
 /* The batcher's epoch mix (data.h), so that both walk an epoch in the same order. */
 #define EPOCH_MIX 0x9e3779b97f4a7c15ull
 
+/* Bytes of a cache line: what threads write during an epoch is kept on lines of
+ * its own, so that it does not evict what the other threads read (false sharing). */
+#define LINE 64
+
 typedef struct hw_shared {
+    /* read by every sample, written only between epochs */
     const petreli_hw_model *m;
     const petrel_hogwild_config *cfg;
     const uint32_t *perm; /* this epoch's order, n entries */
     int64_t epoch;
     float lr;
-    pthread_mutex_t lock;        /* LOCKED: held around each sample */
-    atomic_uint_fast64_t ticket; /* ROUND_ROBIN: whose turn it is, counts up */
-    int64_t rounds;              /* ROUND_ROBIN: turns each thread takes, ceil(n / T) */
+    int64_t rounds; /* ROUND_ROBIN: turns each thread takes, ceil(n / T) */
+    /* written during an epoch, each on its own line */
+    _Alignas(LINE) pthread_mutex_t lock;        /* LOCKED: held around each sample */
+    _Alignas(LINE) atomic_uint_fast64_t ticket; /* ROUND_ROBIN: whose turn it is, counts up */
 } hw_shared;
 
+/* One thread's share of an epoch; written by it only at the end of the epoch (its
+ * running sums stay in hw_tally on its own stack: workers share cache lines). */
 typedef struct hw_worker {
     hw_shared *s;
     int id;
     int64_t begin, end; /* positions [begin, end) of perm */
-    float *scratch;     /* the model's per-thread scratch */
+    float *scratch;     /* the model's per-thread scratch, on lines of its own */
     double loss;        /* sum of progressive losses */
     int64_t nnz, samples;
 } hw_worker;
 
-static void hw_sample(hw_worker *wk, int64_t pos) {
-    const hw_shared *s = wk->s;
+typedef struct hw_tally {
+    double loss;
+    int64_t nnz, samples;
+} hw_tally;
+
+static inline void hw_sample(const hw_shared *s, const hw_worker *wk, int64_t pos, hw_tally *t) {
     int64_t i = s->perm[pos];
-    wk->loss += s->m->step(s->m->ctx, wk->scratch, i, s->lr, &wk->nnz);
-    wk->samples++;
+    t->loss += s->m->step(s->m->ctx, wk->scratch, i, s->lr, &t->nnz);
+    t->samples++;
     if (s->cfg->on_sample) s->cfg->on_sample(s->cfg->on_sample_arg, s->epoch, wk->id, i);
 }
 
 static void *hw_worker_main(void *arg) {
     hw_worker *wk = arg;
     hw_shared *s = wk->s;
+    hw_tally t = {0, 0, 0};
     if (s->cfg->threads == 1 || s->cfg->mode == PETREL_HOGWILD_LOCKFREE) {
-        for (int64_t p = wk->begin; p < wk->end; p++) hw_sample(wk, p);
+        for (int64_t p = wk->begin; p < wk->end; p++) hw_sample(s, wk, p, &t);
     } else if (s->cfg->mode == PETREL_HOGWILD_LOCKED) {
         for (int64_t p = wk->begin; p < wk->end; p++) {
             pthread_mutex_lock(&s->lock);
-            hw_sample(wk, p);
+            hw_sample(s, wk, p, &t);
             pthread_mutex_unlock(&s->lock);
         }
     } else {
@@ -75,10 +88,11 @@ static void *hw_worker_main(void *arg) {
                  spins++)
                 if (spins % 64 == 63) sched_yield(); /* more threads than cores */
             int64_t p = wk->begin + k;
-            if (p < wk->end) hw_sample(wk, p);
+            if (p < wk->end) hw_sample(s, wk, p, &t);
             atomic_store_explicit(&s->ticket, mine + 1, memory_order_release);
         }
     }
+    wk->loss = t.loss, wk->nnz = t.nnz, wk->samples = t.samples;
     return NULL;
 }
 
@@ -147,19 +161,23 @@ petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hog
     PETREL_ASSERT(n >= 1 && n <= (int64_t)UINT32_MAX && cfg->threads >= 1 && cfg->epochs >= 1,
                   "check the samples and the config first");
     const int T = cfg->threads;
-    const size_t per_thread = m->scratch > 0 ? m->scratch : 1;
+    const size_t fpl = LINE / sizeof(float); /* floats per line */
+    const size_t lines = (m->scratch + fpl - 1) / fpl;
+    const size_t per_thread = (lines > 0 ? lines : 1) * fpl; /* whole lines */
     hw_shared s = {.m = m, .cfg = cfg, .rounds = (n + T - 1) / T};
     atomic_init(&s.ticket, 0);
     bool have_lock = false;
     uint32_t *perm = petrel_malloc((size_t)n * sizeof *perm);
     hw_worker *wk = petrel_calloc((size_t)T, sizeof *wk);
     petrel_thread **th = petrel_calloc((size_t)T, sizeof *th);
-    float *scratch = petrel_calloc((size_t)T * per_thread, sizeof *scratch);
+    /* one line more, to start the first thread's scratch on a line boundary */
+    float *scratch = petrel_calloc((size_t)T * per_thread + fpl, sizeof *scratch);
     petrel_err err = PETREL_ERR_NOMEM;
     if (!perm || !wk || !th || !scratch) goto done;
     if (pthread_mutex_init(&s.lock, NULL) != 0) goto done;
     have_lock = true;
     s.perm = perm;
+    float *first = scratch + (fpl - ((uintptr_t)scratch / sizeof(float)) % fpl) % fpl;
 
     for (int64_t e = 0; e < cfg->epochs; e++) {
         for (int64_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
@@ -176,7 +194,7 @@ petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hog
                                 .id = t,
                                 .begin = (int64_t)t * n / T,
                                 .end = (int64_t)(t + 1) * n / T,
-                                .scratch = scratch + (size_t)t * per_thread};
+                                .scratch = first + (size_t)t * per_thread};
 
         double t0 = petrel_now_s();
         if (T == 1) {

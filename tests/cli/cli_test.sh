@@ -79,7 +79,7 @@ expect_rc "bad --comm" 2 "$petrel" train --workers 2 --comm gossip
 # petrel data text2libsvm: help, a tiny corpus of class directories, a missing corpus.
 expect_rc "text2libsvm help exits 0" 0 "$petrel" data text2libsvm --help
 for flag in --out --per-line --wordnet --fortune-dir --hash-bits --bigrams --tfidf --no-l2 \
-            --test-fraction --seed; do
+            --test-fraction --seed --max-df; do
     grep -q -- "$flag" "$tmp/out" || fail "text2libsvm help lists $flag" "missing"
 done
 mkdir -p "$tmp/corpus/ham" "$tmp/corpus/spam"

@@ -136,6 +136,39 @@ static void test_tfidf_by_hand(void) {
     petrel_dataset_free(d);
 }
 
+/* The same corpus with max_df 0.5: apple and banana (in 2 of 3 documents, more than
+ * floor(1.5) = 1) are dropped before the L2 scaling; the first document is left
+ * empty. */
+static void test_max_df(void) {
+    char in[512], out[512], train[640];
+    path_in(in, sizeof in, "tf");
+    path_in(out, sizeof out, "tf_maxdf");
+    snprintf(train, sizeof train, "%s.train.svm", out);
+    petrel_text_config cfg = petrel_text_config_default();
+    cfg.test_fraction = 0;
+    cfg.max_df = 0.5;
+    petrel_text_summary s;
+    CHECK_OK(petrel_text_to_libsvm(in, out, cfg, &s));
+    CHECK(s.features_used == 4 && s.features_dropped == 2);
+    petrel_dataset *d = NULL;
+    CHECK_OK(petrel_dataset_load_libsvm(&d, train, 0));
+    if (!d) return;
+    int32_t apple = 196031, cherry = 186616, date = 213817;
+    CHECK(d->n == 3 && d->sparse.nnz == 2);
+    CHECK(d->sparse.row_ptr[1] == 0); /* "apple apple banana": nothing left */
+    CHECK_NEAR(value_at(d, 1, cherry), 1, 1e-6, 0);
+    CHECK_NEAR(value_at(d, 1, apple), 0, 0, 0);
+    CHECK_NEAR(value_at(d, 2, date), 1, 1e-6, 0);
+    petrel_dataset_free(d);
+    cfg.max_df = 1; /* keeps all */
+    CHECK_OK(petrel_text_to_libsvm(in, out, cfg, &s));
+    CHECK(s.features_dropped == 0);
+    cfg.max_df = 0;
+    CHECK_ERR(petrel_text_to_libsvm(in, out, cfg, NULL), PETREL_ERR_INVALID);
+    cfg.max_df = 1.5;
+    CHECK_ERR(petrel_text_to_libsvm(in, out, cfg, NULL), PETREL_ERR_INVALID);
+}
+
 /* A directory corpus: one directory per class, each file a document. */
 static void test_dir_corpus_roundtrip(void) {
     make_dir("dc");
@@ -293,6 +326,7 @@ int main(void) {
     RUN(test_idf);
     RUN(test_split);
     RUN(test_tfidf_by_hand);
+    RUN(test_max_df);
     RUN(test_dir_corpus_roundtrip);
     RUN(test_per_line);
     RUN(test_errors);

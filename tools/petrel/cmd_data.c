@@ -47,9 +47,22 @@ static void text_usage(FILE *f) {
             "  --tfidf               TF-IDF, idf = ln((1+N)/(1+df)) + 1 on the train split\n"
             "                        [counts]\n"
             "  --no-l2               keep raw values [scale each document to unit L2 norm]\n"
+            "  --max-df F            drop the buckets found in more than a share F of the\n"
+            "                        training documents (stop words), 0 < F <= 1 [1: keep all]\n"
             "  --test-fraction F     share of documents in the test split, 0 <= F < 1 [0.2]\n"
             "  --seed S              split seed [1]\n"
             "  -h, --help            show this help\n");
+}
+
+/* A whole finite decimal number, as a double: the library takes doubles, and a
+ * float's rounding would change the file. */
+static bool parse_f64(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return false;
+    *out = v;
+    return true;
 }
 
 static int cmd_text2libsvm(int argc, char **argv) {
@@ -63,6 +76,7 @@ static int cmd_text2libsvm(int argc, char **argv) {
         OPT_NO_L2,
         OPT_TEST_FRACTION,
         OPT_SEED,
+        OPT_MAX_DF,
     };
     static const struct option opts[] = {
         {"out", required_argument, NULL, 'o'},
@@ -75,6 +89,7 @@ static int cmd_text2libsvm(int argc, char **argv) {
         {"no-l2", no_argument, NULL, OPT_NO_L2},
         {"test-fraction", required_argument, NULL, OPT_TEST_FRACTION},
         {"seed", required_argument, NULL, OPT_SEED},
+        {"max-df", required_argument, NULL, OPT_MAX_DF},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -120,6 +135,10 @@ static int cmd_text2libsvm(int argc, char **argv) {
                                        optarg);
             cfg.test_fraction = fv;
             break;
+        case OPT_MAX_DF:
+            if (!parse_f64(optarg, &cfg.max_df) || !(cfg.max_df > 0 && cfg.max_df <= 1))
+                return cli_usage_error(sub, "--max-df wants a number in (0, 1], not '%s'", optarg);
+            break;
         case OPT_SEED:
             if (!cli_parse_i64(optarg, &v) || v < 0)
                 return cli_usage_error(sub, "--seed wants a non-negative integer, not '%s'",
@@ -148,9 +167,11 @@ static int cmd_text2libsvm(int argc, char **argv) {
         return cli_fail(err, "converting text",
                         "see 'petrel data text2libsvm --help' for the layout");
     printf("text2libsvm: %lld documents (%lld train, %lld test), %d classes, %lld of %lld "
-           "features used; wrote %s.train.svm %s.test.svm %s.classes\n",
+           "features used",
            (long long)s.docs, (long long)s.train_docs, (long long)s.test_docs, (int)s.classes,
-           (long long)s.features_used, 1LL << cfg.hash_bits, out, out, out);
+           (long long)s.features_used, 1LL << cfg.hash_bits);
+    if (cfg.max_df < 1) printf(" (%lld dropped by --max-df)", (long long)s.features_dropped);
+    printf("; wrote %s.train.svm %s.test.svm %s.classes\n", out, out, out);
     return CLI_OK;
 }
 
@@ -170,17 +191,6 @@ static void synth_usage(FILE *f) {
                "  --noise S       standard deviation of the noise added to each rating [0.1]\n"
                "  --seed N        seed of U, V, the cells and the noise [1]\n"
                "  -h, --help      show this help\n");
-}
-
-/* A whole finite decimal number, as a double: the library takes doubles, and a
- * float's rounding would change the file. */
-static bool parse_f64(const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return false;
-    *out = v;
-    return true;
 }
 
 static int cmd_synth_ratings(int argc, char **argv) {
