@@ -81,7 +81,7 @@ typedef enum petrel_ps_partition { PETREL_PS_HASH = 0, PETREL_PS_RANGE } petrel_
 
 typedef enum petrel_ps_rule {
     PETREL_PS_SUM = 0, /* row += delta */
-    PETREL_PS_SGD,     /* the delta is a gradient; row -= lr g (and the others: nn.h's optimizers) */
+    PETREL_PS_SGD, /* the delta is a gradient; row -= lr g (and the others: nn.h's optimizers) */
     PETREL_PS_MOMENTUM,
     PETREL_PS_ADAGRAD,
     PETREL_PS_ADAM,
@@ -127,7 +127,7 @@ typedef struct petrel_ps_table_spec {
     float init_a, init_b;
     uint64_t init_seed; /* a row's initial values depend on (seed, key) only */
     petrel_ps_sync sync;
-    bool push; /* send workers the rows they read when the server clock advances */
+    bool push;          /* send workers the rows they read when the server clock advances */
     float significance; /* managed communication; 0: off */
     int max_hold;       /* clocks a small delta may be held back (>= 1 when significance > 0) */
 } petrel_ps_table_spec;
@@ -230,8 +230,8 @@ typedef struct petrel_ps_stats {
     uint64_t reads, cache_hits, fetches;
     uint64_t staleness[PETREL_PS_STALENESS_BINS];
     int64_t max_staleness;
-    double wait_get_s, wait_clock_s; /* time blocked in get and in clock */
-    uint64_t bytes_sent, bytes_received; /* PS payloads and headers */
+    double wait_get_s, wait_clock_s;       /* time blocked in get and in clock */
+    uint64_t bytes_sent, bytes_received;   /* PS payloads and headers */
     uint64_t rows_pushed_early, rows_held; /* managed communication */
 } petrel_ps_stats;
 

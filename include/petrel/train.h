@@ -79,8 +79,8 @@ PETREL_NODISCARD petrel_err petrel_train(petrel_model *m, const petrel_dataset *
 
 /* One training step on a batch x (n, in_dim), y (n): resets g, runs the forward
  * and the mean softmax cross-entropy, zeroes the gradients, runs the backward and
- * applies opt to the model's flat buffers (opt NULL: leaves the gradients there). *loss receives the batch's mean loss.
- * After the first steps have sized g's arena it allocates nothing. */
+ * applies opt to the model's flat buffers (opt NULL: leaves the gradients there). *loss receives
+ * the batch's mean loss. After the first steps have sized g's arena it allocates nothing. */
 PETREL_NODISCARD petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt,
                                               float *x, const int32_t *y, int64_t n, float *loss);
 

@@ -51,13 +51,16 @@ static petrel_err servers_alive(petrel_ps *ps) {
 typedef struct outbox {
     int servers;
     int64_t cols;
+    int64_t first;
     int64_t *n, *cap;
     uint64_t **keys;
     float **values; /* NULL for GET */
 } outbox;
 
-static petrel_err outbox_init(outbox *o, int servers, int64_t cols, bool with_values) {
-    *o = (outbox){.servers = servers, .cols = cols};
+/* first: rows to make room for at a server's first row (the expected share). */
+static petrel_err outbox_init(outbox *o, int servers, int64_t cols, bool with_values,
+                              int64_t first) {
+    *o = (outbox){.servers = servers, .cols = cols, .first = first > 0 ? first : 1};
     o->n = petrel_calloc((size_t)servers, sizeof *o->n);
     o->cap = petrel_calloc((size_t)servers, sizeof *o->cap);
     o->keys = petrel_calloc((size_t)servers, sizeof *o->keys);
@@ -80,7 +83,7 @@ static void outbox_fini(outbox *o) {
 static petrel_err outbox_add(outbox *o, int server, uint64_t key, const float *row) {
     int64_t i = o->n[server];
     if (i == o->cap[server]) {
-        int64_t cap = i ? 2 * i : 64;
+        int64_t cap = i ? 2 * i : o->first;
         uint64_t *k = petrel_realloc(o->keys[server], (size_t)cap * sizeof *k);
         if (!k) return PETREL_ERR_NOMEM;
         o->keys[server] = k;
@@ -102,8 +105,8 @@ static petrel_err outbox_send(petrel_ps *ps, outbox *o, uint8_t type, uint32_t t
     petrel_err err = PETREL_OK;
     for (int s = 0; s < o->servers && err == PETREL_OK; s++)
         if (o->n[s])
-            err = petreli_ps_send(ps, petreli_ps_server_rank(ps, s), type, table, clock,
-                                  o->keys[s], o->n[s], o->values ? o->values[s] : NULL, o->cols);
+            err = petreli_ps_send(ps, petreli_ps_server_rank(ps, s), type, table, clock, o->keys[s],
+                                  o->n[s], o->values ? o->values[s] : NULL, o->cols);
     return err;
 }
 
@@ -119,7 +122,7 @@ static void on_rows(void *ctx, petrel_net *net, const petrel_msg *m) {
     const float *values;
     int server = m->src - 1;
     if (!t || server < 0 || server >= ps->servers ||
-        !petreli_ps_parse_rows(ps, m, t->spec.cols, &n, &keys, &values) ||
+        !petreli_ps_parse_rows(m, t->spec.cols, &n, &keys, &values) ||
         petreli_ps_store_set(t->cache, keys, n, values) != PETREL_OK) {
         PETREL_LOG_WARN("ps", "worker %d: ignored malformed rows (table %u) from rank %d",
                         ps->worker_index, m->id, m->src);
@@ -170,7 +173,7 @@ static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, i
                           int64_t need, bool *all_fresh, bool *sent, bool count) {
     ps_table *t = &ps->tables[table];
     outbox o;
-    petrel_err err = outbox_init(&o, ps->servers, 0, false);
+    petrel_err err = outbox_init(&o, ps->servers, 0, false, n / ps->servers + 1);
     int64_t ask = t->spec.sync.async ? ps->process_clock : need;
     bool complete = true;
     for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
@@ -242,8 +245,9 @@ petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_
             const cache_meta *meta =
                 petreli_ps_store_aux(t->cache, petreli_ps_store_slot(t->cache, keys[i], false));
             int64_t stale = w->clock > meta->served ? w->clock - meta->served : 0;
-            ps->stats.staleness[stale < PETREL_PS_STALENESS_BINS - 1 ? stale
-                                                                     : PETREL_PS_STALENESS_BINS - 1]++;
+            ps->stats
+                .staleness[stale < PETREL_PS_STALENESS_BINS - 1 ? stale
+                                                                : PETREL_PS_STALENESS_BINS - 1]++;
             if (stale > ps->stats.max_staleness) ps->stats.max_staleness = stale;
             /* Read-my-writes: a summing table shows this process's unsent deltas. */
             int64_t own = t->spec.rule == PETREL_PS_SUM
@@ -304,42 +308,44 @@ static float max_abs(const float *v, int64_t n) {
 }
 
 /* Moves the operation log of every table into outboxes (one per table), keeping
- * back what the significance filter holds unless `all`. Call with ps->mu held. */
+ * back what the significance filter holds unless `all`. The log and its spare swap
+ * roles, so a clock allocates nothing once they have grown. Call with ps->mu held. */
 static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
     petrel_err err = PETREL_OK;
+    bool early = ps->cfg.bandwidth_bytes_per_s > 0; /* rows sent early are zero */
     for (int ti = 0; ti < ps->ntables && err == PETREL_OK; ti++) {
         ps_table *t = &ps->tables[ti];
         int64_t cols = t->spec.cols, count = petreli_ps_store_count(t->oplog);
-        if ((err = outbox_init(&boxes[ti], ps->servers, cols, true)) != PETREL_OK) break;
-        if (count == 0) continue;
-        petrel_ps_table_spec ls = local_spec(&t->spec);
-        petreli_ps_store *kept = NULL;
-        err = petreli_ps_store_new(&kept, &ls, 0, 1, sizeof(oplog_meta));
+        bool filter = !all && t->spec.significance > 0;
+        err = outbox_init(&boxes[ti], ps->servers, cols, true, count / ps->servers + 1);
         for (int64_t slot = 0; slot < count && err == PETREL_OK; slot++) {
             uint64_t key = petreli_ps_store_key(t->oplog, slot);
             const float *d = petreli_ps_store_row(t->oplog, slot);
-            float size = max_abs(d, cols);
+            float size = early || filter ? max_abs(d, cols) : 1;
             if (size == 0) continue; /* sent early by the communication thread */
             oplog_meta *om = petreli_ps_store_aux(t->oplog, slot);
-            if (!all && t->spec.significance > 0 && om->held < t->spec.max_hold) {
+            if (filter && om->held < t->spec.max_hold) {
                 int64_t c = petreli_ps_store_slot(t->cache, key, false);
                 float scale = c >= 0 ? max_abs(petreli_ps_store_row(t->cache, c), cols) : 0;
                 if (size < t->spec.significance * fmaxf(scale, 1e-3f)) {
-                    err = petreli_ps_store_apply(kept, &key, 1, d, 0);
-                    int64_t k = petreli_ps_store_slot(kept, key, false);
-                    ((oplog_meta *)petreli_ps_store_aux(kept, k))->held = om->held + 1;
+                    err = petreli_ps_store_apply(t->spare, &key, 1, d, 0);
+                    int64_t k = petreli_ps_store_slot(t->spare, key, false);
+                    if (k >= 0)
+                        ((oplog_meta *)petreli_ps_store_aux(t->spare, k))->held = om->held + 1;
                     ps->stats.rows_held++;
                     continue;
                 }
             }
             err = outbox_add(&boxes[ti], petreli_ps_partition(&t->spec, key, ps->servers), key, d);
         }
-        if (err == PETREL_OK) {
-            petreli_ps_store_free(t->oplog);
-            t->oplog = kept;
-        } else {
-            petreli_ps_store_free(kept);
+        if (err != PETREL_OK) {
+            petreli_ps_store_clear(t->spare); /* the log stays as it was */
+            break;
         }
+        petreli_ps_store *sent = t->oplog;
+        t->oplog = t->spare;
+        t->spare = sent;
+        petreli_ps_store_clear(t->spare);
     }
     return err;
 }
@@ -363,7 +369,8 @@ static petrel_err send_clock(petrel_ps *ps, int64_t clock, bool to_rank0) {
     for (int s = 0; s < ps->servers && err == PETREL_OK; s++)
         err = petreli_ps_send(ps, petreli_ps_server_rank(ps, s), PS_CLOCK, 0, clock, NULL, 0, NULL,
                               0);
-    if (err == PETREL_OK && to_rank0) err = petreli_ps_send(ps, 0, PS_CLOCK, 0, clock, NULL, 0, NULL, 0);
+    if (err == PETREL_OK && to_rank0)
+        err = petreli_ps_send(ps, 0, PS_CLOCK, 0, clock, NULL, 0, NULL, 0);
     return err;
 }
 
@@ -454,7 +461,7 @@ petrel_err petrel_ps_set_rows(petrel_ps_worker *w, uint32_t table, const uint64_
     ps_table *t = &ps->tables[table];
     int64_t cols = t->spec.cols;
     outbox o;
-    err = outbox_init(&o, ps->servers, cols, true);
+    err = outbox_init(&o, ps->servers, cols, true, n / ps->servers + 1);
     for (int64_t i = 0; i < n && err == PETREL_OK; i++)
         err = outbox_add(&o, petreli_ps_partition(&t->spec, keys[i], ps->servers), keys[i],
                          values + i * cols);
@@ -476,8 +483,8 @@ petrel_err petrel_ps_set_rows(petrel_ps_worker *w, uint32_t table, const uint64_
                               ps->cfg.timeout_ms);
         petrel_free(req);
         if (err == PETREL_OK && reply.len)
-            err = petrel_error_set(PETREL_ERR_INVALID, "ps: server %d refused to set rows: %.*s",
-                                   s, (int)reply.len, (const char *)reply.data);
+            err = petrel_error_set(PETREL_ERR_INVALID, "ps: server %d refused to set rows: %.*s", s,
+                                   (int)reply.len, (const char *)reply.data);
         if (err == PETREL_OK || reply.len) petrel_msg_release(&reply);
     }
     outbox_fini(&o);
@@ -508,8 +515,10 @@ petrel_err petrel_ps_worker_new(petrel_ps *ps, petrel_ps_worker **out) {
         ps->threads[ps->nthreads++] = w;
     }
     pthread_mutex_unlock(&ps->mu);
-    if (err != PETREL_OK) petrel_free(w);
-    else *out = w;
+    if (err != PETREL_OK)
+        petrel_free(w);
+    else
+        *out = w;
     return err;
 }
 
@@ -564,7 +573,7 @@ static double send_early(petrel_ps *ps, double budget) {
     int64_t nc = 0;
     for (int t = 0; t < ntables && err == PETREL_OK; t++) {
         ps_table *tb = &ps->tables[t];
-        err = outbox_init(&boxes[t], ps->servers, tb->spec.cols, true);
+        err = outbox_init(&boxes[t], ps->servers, tb->spec.cols, true, 16);
         for (int64_t s = 0; s < petreli_ps_store_count(tb->oplog); s++) {
             float size = max_abs(petreli_ps_store_row(tb->oplog, s), tb->spec.cols);
             if (size > 0) cand[nc++] = (candidate){size, (uint32_t)t, s};
@@ -590,7 +599,8 @@ static double send_early(petrel_ps *ps, double budget) {
         err = outbox_send(ps, &boxes[t], PS_INC, (uint32_t)t, clock);
     for (int t = 0; t < ntables; t++) outbox_fini(&boxes[t]);
     if (err != PETREL_OK)
-        PETREL_LOG_WARN("ps", "worker %d: early send failed: %s", ps->worker_index, petrel_errmsg());
+        PETREL_LOG_WARN("ps", "worker %d: early send failed: %s", ps->worker_index,
+                        petrel_errmsg());
     return used;
 }
 
@@ -641,6 +651,7 @@ petrel_err petreli_ps_client_table(petrel_ps *ps, uint32_t id) {
     petrel_ps_table_spec ls = local_spec(&t->spec);
     petrel_err err = petreli_ps_store_new(&t->cache, &ls, 0, 1, sizeof(cache_meta));
     if (err == PETREL_OK) err = petreli_ps_store_new(&t->oplog, &ls, 0, 1, sizeof(oplog_meta));
+    if (err == PETREL_OK) err = petreli_ps_store_new(&t->spare, &ls, 0, 1, sizeof(oplog_meta));
     return err;
 }
 

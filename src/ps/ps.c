@@ -74,8 +74,8 @@ petrel_err petreli_ps_send(petrel_ps *ps, int dst, uint8_t type, uint32_t table,
                            {(void *)values, values ? (size_t)n * (size_t)cols * sizeof(float) : 0}};
     int iovcnt = keys ? (values ? 3 : 2) : 0;
     size_t bytes = iov[0].iov_len + iov[1].iov_len + iov[2].iov_len;
-    petrel_err err = petrel_net_sendv(ps->net, dst, type, table, clock, iov, iovcnt,
-                                      ps->cfg.timeout_ms);
+    petrel_err err =
+        petrel_net_sendv(ps->net, dst, type, table, clock, iov, iovcnt, ps->cfg.timeout_ms);
     if (err == PETREL_OK && ps->role == PETREL_ROLE_WORKER) {
         pthread_mutex_lock(&ps->mu);
         ps->stats.bytes_sent += (keys ? bytes : 0) + 48; /* payload and the wire header */
@@ -84,9 +84,8 @@ petrel_err petreli_ps_send(petrel_ps *ps, int dst, uint8_t type, uint32_t table,
     return err;
 }
 
-bool petreli_ps_parse_rows(const petrel_ps *ps, const petrel_msg *m, int64_t cols, int64_t *n,
-                           const uint64_t **keys, const float **values) {
-    (void)ps;
+bool petreli_ps_parse_rows(const petrel_msg *m, int64_t cols, int64_t *n, const uint64_t **keys,
+                           const float **values) {
     if (m->len < sizeof(uint64_t)) return false;
     uint64_t count;
     memcpy(&count, m->data, sizeof count);
@@ -231,6 +230,7 @@ static void ps_free(petrel_ps *ps) {
         petreli_ps_store_free(ps->tables[t].store);
         petreli_ps_store_free(ps->tables[t].cache);
         petreli_ps_store_free(ps->tables[t].oplog);
+        petreli_ps_store_free(ps->tables[t].spare);
     }
     pthread_mutex_destroy(&ps->mu);
     pthread_cond_destroy(&ps->cv);

@@ -80,6 +80,7 @@ typedef struct ps_table {
     petreli_ps_store *store; /* servers: their part */
     petreli_ps_store *cache; /* workers: fetched rows */
     petreli_ps_store *oplog; /* workers: deltas not yet sent */
+    petreli_ps_store *spare; /* workers: the next clock's log (held rows move here) */
 } ps_table;
 
 #define PS_MAX_TABLES 64
@@ -98,21 +99,21 @@ struct petrel_ps {
     int ntables;
 
     /* servers */
-    int64_t *worker_clock; /* W; PS_FINISHED once done */
-    int64_t clock;         /* min over worker_clock */
-    int64_t last_clock;    /* the largest clock a worker reported before finishing */
+    int64_t *worker_clock;   /* W; PS_FINISHED once done */
+    int64_t clock;           /* min over worker_clock */
+    int64_t last_clock;      /* the largest clock a worker reported before finishing */
     deferred *deferred_head; /* in (clock, worker) order */
     waiting_get *waiting;
     uint64_t last_message_ns;
     int finished;          /* workers done (servers and rank 0) */
     int64_t last_snapshot; /* clock of the latest snapshot written */
-    petrel_err failure; /* first error a handler met, reported by serve */
+    petrel_err failure;    /* first error a handler met, reported by serve */
 
     /* workers */
     pthread_mutex_t flush_mu; /* taken before mu by whoever sends deltas (client.c) */
-    int64_t *server_clock; /* S: the latest ADVANCE from each server */
-    int64_t known_min;     /* min over server_clock */
-    int64_t process_clock; /* min over the threads' clocks */
+    int64_t *server_clock;    /* S: the latest ADVANCE from each server */
+    int64_t known_min;        /* min over server_clock */
+    int64_t process_clock;    /* min over the threads' clocks */
     petrel_ps_worker **threads;
     int nthreads, threads_cap;
     bool comm_stop;
@@ -131,8 +132,8 @@ petrel_err petreli_ps_send(petrel_ps *ps, int dst, uint8_t type, uint32_t table,
                            const uint64_t *keys, int64_t n, const float *values, int64_t cols);
 int petreli_ps_server_rank(const petrel_ps *ps, int server_index);
 /* Parses an INC/ROWS/SET payload against table: n, keys, values (NULL when cols = 0). */
-bool petreli_ps_parse_rows(const petrel_ps *ps, const petrel_msg *m, int64_t cols, int64_t *n,
-                           const uint64_t **keys, const float **values);
+bool petreli_ps_parse_rows(const petrel_msg *m, int64_t cols, int64_t *n, const uint64_t **keys,
+                           const float **values);
 /* Waits on ps->cv (held) until deadline; false once it has passed. */
 bool petreli_ps_wait(petrel_ps *ps, uint64_t deadline_ns);
 

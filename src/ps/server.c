@@ -42,12 +42,37 @@ static int worker_of(const petrel_ps *ps, int src) {
 }
 
 static void reject(petrel_ps *ps, const petrel_msg *m, const char *why) {
-    PETREL_LOG_WARN("ps", "server %d: ignored a malformed message (type %u, table %u) from rank %d: %s",
+    PETREL_LOG_WARN("ps",
+                    "server %d: ignored a malformed message (type %u, table %u) from rank %d: %s",
                     ps->server_index, m->type, m->id, m->src, why);
 }
 
-static ps_table *table_of(petrel_ps *ps, const petrel_msg *m) {
-    return m->id < (uint32_t)ps->ntables ? &ps->tables[m->id] : NULL;
+/* A worker's INC, GET or SET, checked against its table: the rows it names (and
+ * their values, when with_values). Call with ps->mu held; false, with the reason in
+ * *why, when the message must be dropped. */
+typedef struct request {
+    ps_table *t;
+    int worker;
+    int64_t n;
+    const uint64_t *keys;
+    const float *values;
+} request;
+
+static bool take_request(petrel_ps *ps, const petrel_msg *m, bool with_values, request *r,
+                         const char **why) {
+    ps->last_message_ns = petrel_now_ns();
+    r->t = m->id < (uint32_t)ps->ntables ? &ps->tables[m->id] : NULL;
+    r->worker = worker_of(ps, m->src);
+    if (!r->t)
+        *why = "no such table";
+    else if (r->worker < 0)
+        *why = "not from a worker";
+    else if (!petreli_ps_parse_rows(m, with_values ? r->t->spec.cols : 0, &r->n, &r->keys,
+                                    with_values ? &r->values : NULL))
+        *why = "bad length";
+    else
+        return true;
+    return false;
 }
 
 /* Sends worker the rows at keys (ROWS at the current server clock). */
@@ -74,8 +99,8 @@ static void note_failure(petrel_ps *ps, petrel_err err) {
 /* ---- snapshots --------------------------------------------------------------------- */
 
 static void snapshot_path(const petrel_ps *ps, int64_t clock, int table, char *buf, size_t size) {
-    snprintf(buf, size, "%s/clock-%lld/table-%d.server-%d", ps->cfg.snapshot_dir,
-             (long long)clock, table, ps->server_index);
+    snprintf(buf, size, "%s/clock-%lld/table-%d.server-%d", ps->cfg.snapshot_dir, (long long)clock,
+             table, ps->server_index);
 }
 
 static petrel_err write_snapshot(petrel_ps *ps, int64_t clock) {
@@ -194,17 +219,14 @@ static void on_inc(void *ctx, petrel_net *net, const petrel_msg *m) {
     (void)net;
     petrel_ps *ps = ctx;
     pthread_mutex_lock(&ps->mu);
-    ps->last_message_ns = petrel_now_ns();
-    ps_table *t = table_of(ps, m);
-    int64_t n;
-    const uint64_t *keys;
-    const float *deltas;
-    int w = worker_of(ps, m->src);
-    if (!t || w < 0 || !petreli_ps_parse_rows(ps, m, t->spec.cols, &n, &keys, &deltas)) {
-        reject(ps, m, !t ? "no such table" : w < 0 ? "not from a worker" : "bad length");
-    } else if (is_bsp(&t->spec) && m->clock >= ps->clock) {
+    request r;
+    const char *why;
+    if (!take_request(ps, m, true, &r, &why)) {
+        reject(ps, m, why);
+    } else if (is_bsp(&r.t->spec) && m->clock >= ps->clock) {
         /* BSP: a read at clock c sees exactly the deltas of clocks below c. */
-        size_t kb = (size_t)n * sizeof *keys, vb = (size_t)n * (size_t)t->spec.cols * sizeof(float);
+        size_t kb = (size_t)r.n * sizeof *r.keys;
+        size_t vb = (size_t)r.n * (size_t)r.t->spec.cols * sizeof(float);
         deferred *d = petrel_malloc(sizeof *d);
         unsigned char *buf = petrel_malloc(kb + vb + 1);
         if (!d || !buf) {
@@ -212,10 +234,14 @@ static void on_inc(void *ctx, petrel_net *net, const petrel_msg *m) {
             petrel_free(buf);
             note_failure(ps, petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for deltas"));
         } else {
-            *d = (deferred){.table = m->id, .clock = m->clock, .worker = w, .n = n,
-                            .keys = (uint64_t *)buf, .deltas = (float *)(buf + kb)};
-            memcpy(buf, keys, kb);
-            memcpy(buf + kb, deltas, vb);
+            *d = (deferred){.table = m->id,
+                            .clock = m->clock,
+                            .worker = r.worker,
+                            .n = r.n,
+                            .keys = (uint64_t *)buf,
+                            .deltas = (float *)(buf + kb)};
+            memcpy(buf, r.keys, kb);
+            memcpy(buf + kb, r.values, vb);
             /* Kept in (clock, worker) order, arrival order within: the result does not
              * depend on which worker's deltas came first. */
             deferred **pp = &ps->deferred_head;
@@ -225,9 +251,8 @@ static void on_inc(void *ctx, petrel_net *net, const petrel_msg *m) {
             d->next = *pp;
             *pp = d;
         }
-    } else {
-        petrel_err err = petreli_ps_store_apply(t->store, keys, n, deltas, m->clock);
-        if (err != PETREL_OK) reject(ps, m, petrel_errmsg());
+    } else if (petreli_ps_store_apply(r.t->store, r.keys, r.n, r.values, m->clock) != PETREL_OK) {
+        reject(ps, m, petrel_errmsg());
     }
     pthread_mutex_unlock(&ps->mu);
 }
@@ -236,16 +261,17 @@ static void on_get(void *ctx, petrel_net *net, const petrel_msg *m) {
     (void)net;
     petrel_ps *ps = ctx;
     pthread_mutex_lock(&ps->mu);
-    ps->last_message_ns = petrel_now_ns();
-    ps_table *t = table_of(ps, m);
-    int64_t n;
-    const uint64_t *keys;
-    int w = worker_of(ps, m->src);
-    if (!t || w < 0 || !petreli_ps_parse_rows(ps, m, 0, &n, &keys, NULL)) {
-        reject(ps, m, !t ? "no such table" : w < 0 ? "not from a worker" : "bad length");
+    request r;
+    const char *why;
+    if (!take_request(ps, m, false, &r, &why)) {
+        reject(ps, m, why);
         pthread_mutex_unlock(&ps->mu);
         return;
     }
+    ps_table *t = r.t;
+    int64_t n = r.n;
+    const uint64_t *keys = r.keys;
+    int w = r.worker;
     bool bad = false;
     if (t->spec.push)
         for (int64_t i = 0; i < n && !bad; i++) {
@@ -269,8 +295,12 @@ static void on_get(void *ctx, petrel_net *net, const petrel_msg *m) {
             note_failure(ps, petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for a read"));
         } else {
             memcpy(copy, keys, (size_t)n * sizeof *copy);
-            *g = (waiting_get){.next = ps->waiting, .worker = w, .table = m->id, .need = m->clock,
-                               .n = n, .keys = copy};
+            *g = (waiting_get){.next = ps->waiting,
+                               .worker = w,
+                               .table = m->id,
+                               .need = m->clock,
+                               .n = n,
+                               .keys = copy};
             ps->waiting = g;
         }
     }
@@ -280,15 +310,10 @@ static void on_get(void *ctx, petrel_net *net, const petrel_msg *m) {
 static void on_set(void *ctx, petrel_net *net, const petrel_msg *m) {
     petrel_ps *ps = ctx;
     pthread_mutex_lock(&ps->mu);
-    ps->last_message_ns = petrel_now_ns();
-    ps_table *t = table_of(ps, m);
-    int64_t n;
-    const uint64_t *keys;
-    const float *values;
+    request r;
     const char *why = NULL;
-    if (!t || !petreli_ps_parse_rows(ps, m, t->spec.cols, &n, &keys, &values))
-        why = !t ? "no such table" : "bad length";
-    else if (petreli_ps_store_set(t->store, keys, n, values) != PETREL_OK)
+    if (take_request(ps, m, true, &r, &why) &&
+        petreli_ps_store_set(r.t->store, r.keys, r.n, r.values) != PETREL_OK)
         why = petrel_errmsg();
     char reply[512] = "";
     if (why) snprintf(reply, sizeof reply, "%s", why);

@@ -20,7 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-#define ROW_FLOATS 1024 /* dense model rows: large enough to amortize keys, small enough to spread */
+#define ROW_FLOATS                                                                                 \
+    1024 /* dense model rows: large enough to amortize keys, small enough to spread */
 
 petrel_ps_train_config petrel_ps_train_config_default(void) {
     return (petrel_ps_train_config){.sync = {.async = false, .staleness = 0},
@@ -35,6 +36,7 @@ petrel_ps_train_config petrel_ps_train_config_default(void) {
 typedef struct app app;
 struct app {
     const char *name;
+    petrel_batcher *batcher; /* this worker's shard, for the apps that batch a dataset */
     /* Batches this worker runs in epoch (it starts the epoch's shard). */
     int64_t (*start_epoch)(app *a, int64_t epoch);
     /* Passes over the next mini-batch (a resumed run skips the clocks it has). */
@@ -124,9 +126,11 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, app *a, const petrel_
                 petrel_metrics_int(mf, "epoch", epoch);
                 petrel_metrics_num(mf, a->loss_name, loss);
                 petrel_metrics_num(mf, "time_s", petrel_now_s() - t_start);
-                petrel_metrics_num(mf, "wait_s", after.wait_get_s + after.wait_clock_s -
-                                                     before.wait_get_s - before.wait_clock_s);
-                petrel_metrics_int(mf, "bytes_sent", (int64_t)(after.bytes_sent - before.bytes_sent));
+                petrel_metrics_num(mf, "wait_s",
+                                   after.wait_get_s + after.wait_clock_s - before.wait_get_s -
+                                       before.wait_clock_s);
+                petrel_metrics_int(mf, "bytes_sent",
+                                   (int64_t)(after.bytes_sent - before.bytes_sent));
                 petrel_metrics_int(mf, "bytes_received",
                                    (int64_t)(after.bytes_received - before.bytes_received));
                 petrel_metrics_int(mf, "stale_reads", (int64_t)stale_reads);
@@ -150,7 +154,8 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, app *a, const petrel_
             err = petrel_metrics_end(mf);
         }
         if (err == PETREL_OK && worker == 0 && !cfg->quiet)
-            fprintf(stderr, "epoch %lld  train %s %.4f  test_accuracy %.4f  test_loss %.4f  %.1fs\n",
+            fprintf(stderr,
+                    "epoch %lld  train %s %.4f  test_accuracy %.4f  test_loss %.4f  %.1fs\n",
                     (long long)epoch + 1, a->loss_name, r->train_loss, r->test_accuracy,
                     r->test_loss, petrel_now_s() - t_start);
     }
@@ -207,10 +212,14 @@ static petrel_err run(petrel_ps *ps, app *a, const petrel_train_config *cfg,
 
 static petrel_ps_rule rule_of(petrel_optim_kind kind) {
     switch (kind) {
-    case PETREL_OPTIM_MOMENTUM: return PETREL_PS_MOMENTUM;
-    case PETREL_OPTIM_ADAGRAD: return PETREL_PS_ADAGRAD;
-    case PETREL_OPTIM_ADAM: return PETREL_PS_ADAM;
-    default: return PETREL_PS_SGD;
+    case PETREL_OPTIM_MOMENTUM:
+        return PETREL_PS_MOMENTUM;
+    case PETREL_OPTIM_ADAGRAD:
+        return PETREL_PS_ADAGRAD;
+    case PETREL_OPTIM_ADAM:
+        return PETREL_PS_ADAM;
+    default:
+        return PETREL_PS_SGD;
     }
 }
 
@@ -230,66 +239,93 @@ typedef struct model_app {
     petrel_model *m;
     const petrel_dataset *train, *test;
     const petrel_train_config *cfg;
-    petrel_batcher *batcher;
     petrel_graph *g;
     float *x;
     int32_t *y;
     uint64_t *keys;
     int64_t rows;
     size_t numel;
-    float *buf; /* rows * ROW_FLOATS */
+    float tail[ROW_FLOATS]; /* the last row, when numel is not a whole number of rows */
     uint32_t table;
 } model_app;
 
-static int64_t model_start_epoch(app *a, int64_t epoch) {
-    model_app *ma = (model_app *)a;
-    petrel_batcher_start_epoch(ma->batcher, epoch);
-    return petrel_batcher_batches_per_epoch(ma->batcher);
+static int64_t batcher_start_epoch(app *a, int64_t epoch) {
+    petrel_batcher_start_epoch(a->batcher, epoch);
+    return petrel_batcher_batches_per_epoch(a->batcher);
 }
 
-static void batcher_skip(petrel_batcher *b) {
+static void batcher_skip(app *a) {
     const uint32_t *idx;
-    (void)petrel_batcher_next_indices(b, &idx);
+    (void)petrel_batcher_next_indices(a->batcher, &idx);
 }
 
-static void model_skip(app *a) {
-    batcher_skip(((model_app *)a)->batcher);
+/* This worker's shard of d in batches of cfg->batch, ordered as the single-process
+ * trainer orders them. */
+static petrel_err worker_batcher(const petrel_ps *ps, const petrel_dataset *d,
+                                 const petrel_train_config *cfg, petrel_batcher **out) {
+    petrel_batcher_config bc = petrel_batcher_config_default();
+    bc.batch = cfg->batch;
+    bc.shuffle = cfg->shuffle;
+    bc.seed = cfg->seed;
+    bc.rank = petrel_ps_worker_index(ps);
+    bc.size = petrel_ps_workers(ps);
+    return petrel_batcher_new(out, d, bc);
 }
 
-static petrel_err model_pull(model_app *ma, petrel_ps_worker *w) {
-    petrel_err err = petrel_ps_get_rows(w, ma->table, ma->keys, ma->rows, ma->buf);
-    if (err == PETREL_OK) memcpy(petrel_params_data(ma->m->params), ma->buf, ma->numel * sizeof(float));
-    return err;
+enum { ROWS_GET, ROWS_INC, ROWS_SET };
+
+/* Moves the model's flat buffer `flat` (numel floats) to or from the table without a
+ * copy of the whole: the full rows straight from or into flat, only the last, partial
+ * row through ma->tail (padded with zeros). */
+static petrel_err model_rows(model_app *ma, petrel_ps_worker *w, int op, float *flat) {
+    int64_t full = (int64_t)(ma->numel / ROW_FLOATS), tail = (int64_t)(ma->numel % ROW_FLOATS);
+    petrel_err err = PETREL_OK;
+    if (full > 0) {
+        if (op == ROWS_GET)
+            err = petrel_ps_get_rows(w, ma->table, ma->keys, full, flat);
+        else if (op == ROWS_INC)
+            err = petrel_ps_inc_rows(w, ma->table, ma->keys, full, flat);
+        else
+            err = petrel_ps_set_rows(w, ma->table, ma->keys, full, flat);
+    }
+    if (err != PETREL_OK || tail == 0) return err;
+    float *last = flat + full * ROW_FLOATS;
+    if (op == ROWS_GET) {
+        err = petrel_ps_get_rows(w, ma->table, ma->keys + full, 1, ma->tail);
+        if (err == PETREL_OK) memcpy(last, ma->tail, (size_t)tail * sizeof(float));
+        return err;
+    }
+    memcpy(ma->tail, last, (size_t)tail * sizeof(float));
+    memset(ma->tail + tail, 0, (size_t)(ROW_FLOATS - tail) * sizeof(float));
+    return op == ROWS_INC ? petrel_ps_inc_rows(w, ma->table, ma->keys + full, 1, ma->tail)
+                          : petrel_ps_set_rows(w, ma->table, ma->keys + full, 1, ma->tail);
 }
 
 static petrel_err model_step(app *a, petrel_ps_worker *w, double *loss, int64_t *samples) {
     model_app *ma = (model_app *)a;
-    petrel_err err = model_pull(ma, w);
+    petrel_err err = model_rows(ma, w, ROWS_GET, petrel_params_data(ma->m->params));
     if (err != PETREL_OK) return err;
-    int64_t n = petrel_batcher_next(ma->batcher, ma->x, ma->y);
+    int64_t n = petrel_batcher_next(ma->base.batcher, ma->x, ma->y);
     float l = 0;
     if (n > 0 && (err = petrel_train_step(ma->m, ma->g, NULL, ma->x, ma->y, n, &l)) != PETREL_OK)
         return err;
-    memcpy(ma->buf, petrel_params_grad(ma->m->params), ma->numel * sizeof(float));
-    memset(ma->buf + ma->numel, 0, ((size_t)ma->rows * ROW_FLOATS - ma->numel) * sizeof(float));
     *loss = l;
     *samples = n;
-    return n > 0 ? petrel_ps_inc_rows(w, ma->table, ma->keys, ma->rows, ma->buf) : PETREL_OK;
+    return n > 0 ? model_rows(ma, w, ROWS_INC, petrel_params_grad(ma->m->params)) : PETREL_OK;
 }
 
 static petrel_err model_evaluate(app *a, petrel_ps_worker *w, double *accuracy, double *loss) {
     model_app *ma = (model_app *)a;
     if (!ma->test) return PETREL_OK;
-    petrel_err err = model_pull(ma, w);
-    if (err == PETREL_OK) err = petrel_evaluate(ma->m, ma->test, ma->cfg->eval_batch, accuracy, loss);
+    petrel_err err = model_rows(ma, w, ROWS_GET, petrel_params_data(ma->m->params));
+    if (err == PETREL_OK)
+        err = petrel_evaluate(ma->m, ma->test, ma->cfg->eval_batch, accuracy, loss);
     return err;
 }
 
 static petrel_err model_init(app *a, petrel_ps_worker *w) {
     model_app *ma = (model_app *)a;
-    memset(ma->buf, 0, (size_t)ma->rows * ROW_FLOATS * sizeof(float));
-    memcpy(ma->buf, petrel_params_data(ma->m->params), ma->numel * sizeof(float));
-    return petrel_ps_set_rows(w, ma->table, ma->keys, ma->rows, ma->buf);
+    return model_rows(ma, w, ROWS_SET, petrel_params_data(ma->m->params));
 }
 
 petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m, const petrel_dataset *train,
@@ -298,37 +334,37 @@ petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m, const petrel_dataset 
     petrel_err err = petreli_check_fit(m, train, "training set");
     if (err == PETREL_OK && test) err = petreli_check_fit(m, test, "test set");
     if (err != PETREL_OK) return err;
-    model_app ma = {.base = {.name = m->name, .start_epoch = model_start_epoch, .skip = model_skip, .step = model_step,
-                             .evaluate = model_evaluate, .init = model_init, .loss_name = "loss"},
-                    .m = m, .train = train, .test = test, .cfg = cfg};
+    model_app ma = {.base = {.name = m->name,
+                             .start_epoch = batcher_start_epoch,
+                             .skip = batcher_skip,
+                             .step = model_step,
+                             .evaluate = model_evaluate,
+                             .init = model_init,
+                             .loss_name = "loss"},
+                    .m = m,
+                    .train = train,
+                    .test = test,
+                    .cfg = cfg};
     ma.numel = petrel_params_numel(m->params);
     ma.rows = (int64_t)((ma.numel + ROW_FLOATS - 1) / ROW_FLOATS);
     petrel_ps_table_spec spec = dense_spec(ma.rows, ROW_FLOATS, cfg, pc);
     err = petrel_ps_table_create(ps, &spec, &ma.table);
     int worker = petrel_ps_worker_index(ps);
     if (err == PETREL_OK && worker >= 0) {
-        petrel_batcher_config bc = petrel_batcher_config_default();
-        bc.batch = cfg->batch;
-        bc.shuffle = cfg->shuffle;
-        bc.seed = cfg->seed;
-        bc.rank = worker;
-        bc.size = petrel_ps_workers(ps);
-        err = petrel_batcher_new(&ma.batcher, train, bc);
+        err = worker_batcher(ps, train, cfg, &ma.base.batcher);
         ma.x = petrel_malloc((size_t)(cfg->batch * m->in_dim) * sizeof(float));
         ma.y = petrel_malloc((size_t)cfg->batch * sizeof(int32_t));
         ma.keys = petrel_malloc((size_t)ma.rows * sizeof(uint64_t));
-        ma.buf = petrel_malloc((size_t)ma.rows * ROW_FLOATS * sizeof(float));
-        if (err == PETREL_OK && (!ma.x || !ma.y || !ma.keys || !ma.buf)) err = PETREL_ERR_NOMEM;
+        if (err == PETREL_OK && (!ma.x || !ma.y || !ma.keys)) err = PETREL_ERR_NOMEM;
         if (err == PETREL_OK) err = petrel_graph_new(&ma.g, 0);
         for (int64_t i = 0; err == PETREL_OK && i < ma.rows; i++) ma.keys[i] = (uint64_t)i;
     }
     if (err == PETREL_OK) err = run(ps, &ma.base, cfg, pc, r);
     petrel_graph_free(ma.g);
-    petrel_batcher_free(ma.batcher);
+    petrel_batcher_free(ma.base.batcher);
     petrel_free(ma.x);
     petrel_free(ma.y);
     petrel_free(ma.keys);
-    petrel_free(ma.buf);
     return err;
 }
 
@@ -337,7 +373,6 @@ petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m, const petrel_dataset 
 typedef struct logreg_app {
     app base;
     const petrel_dataset *train, *test;
-    petrel_batcher *batcher;
     int64_t classes, cols; /* cols: 1 for two classes (logistic), else classes */
     int32_t *slot_of;      /* dim: a feature's index in keys, or -1 */
     uint64_t *keys;        /* the batch's distinct features */
@@ -346,12 +381,6 @@ typedef struct logreg_app {
     int32_t *y;
     uint32_t table;
 } logreg_app;
-
-static int64_t logreg_start_epoch(app *a, int64_t epoch) {
-    logreg_app *la = (logreg_app *)a;
-    petrel_batcher_start_epoch(la->batcher, epoch);
-    return petrel_batcher_batches_per_epoch(la->batcher);
-}
 
 /* The class scores of sample i of x into z (cols); index maps a feature to its row
  * of w (NULL: the feature is the row). */
@@ -379,18 +408,15 @@ static double logreg_loss(int64_t cols, float *z, int32_t label) {
     double sum = 0;
     for (int64_t c = 0; c < cols; c++) sum += exp((double)(z[c] - top));
     double loss = log(sum) - (double)(z[label] - top);
-    for (int64_t c = 0; c < cols; c++) z[c] = (float)(exp((double)(z[c] - top)) / sum) - (c == label);
+    for (int64_t c = 0; c < cols; c++)
+        z[c] = (float)(exp((double)(z[c] - top)) / sum) - (c == label);
     return loss;
-}
-
-static void logreg_skip(app *a) {
-    batcher_skip(((logreg_app *)a)->batcher);
 }
 
 static petrel_err logreg_step(app *a, petrel_ps_worker *w, double *loss, int64_t *samples) {
     logreg_app *la = (logreg_app *)a;
     const petrel_csr *x;
-    int64_t n = petrel_batcher_next_sparse(la->batcher, &x, la->y), k = 0;
+    int64_t n = petrel_batcher_next_sparse(la->base.batcher, &x, la->y), k = 0;
     *samples = n;
     *loss = 0;
     if (n <= 0) return PETREL_OK;
@@ -461,9 +487,14 @@ petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
                                 "ps logreg: the test set has %lld features, the training set %lld",
                                 (long long)test->dim, (long long)train->dim);
     logreg_app la = {.base = {.name = classes == 2 ? "logreg" : "softmax",
-                              .start_epoch = logreg_start_epoch, .skip = logreg_skip, .step = logreg_step,
-                              .evaluate = logreg_evaluate, .loss_name = "loss"},
-                     .train = train, .test = test, .classes = classes,
+                              .start_epoch = batcher_start_epoch,
+                              .skip = batcher_skip,
+                              .step = logreg_step,
+                              .evaluate = logreg_evaluate,
+                              .loss_name = "loss"},
+                     .train = train,
+                     .test = test,
+                     .classes = classes,
                      .cols = classes == 2 ? 1 : classes};
     petrel_ps_table_spec spec = petrel_ps_table_spec_default(PETREL_PS_SPARSE, 0, la.cols);
     spec.rule = rule_of(cfg->optim.kind);
@@ -473,13 +504,7 @@ petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
     petrel_err err = petrel_ps_table_create(ps, &spec, &la.table);
     int worker = petrel_ps_worker_index(ps);
     if (err == PETREL_OK && worker >= 0) {
-        petrel_batcher_config bc = petrel_batcher_config_default();
-        bc.batch = cfg->batch;
-        bc.shuffle = cfg->shuffle;
-        bc.seed = cfg->seed;
-        bc.rank = worker;
-        bc.size = petrel_ps_workers(ps);
-        err = petrel_batcher_new(&la.batcher, train, bc);
+        err = worker_batcher(ps, train, cfg, &la.base.batcher);
         int64_t most = train->dim; /* distinct features in a batch */
         la.slot_of = petrel_malloc((size_t)train->dim * sizeof *la.slot_of);
         la.keys = petrel_malloc((size_t)most * sizeof *la.keys);
@@ -492,7 +517,7 @@ petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
         for (int64_t f = 0; err == PETREL_OK && f < train->dim; f++) la.slot_of[f] = -1;
     }
     if (err == PETREL_OK) err = run(ps, &la.base, cfg, pc, r);
-    petrel_batcher_free(la.batcher);
+    petrel_batcher_free(la.base.batcher);
     petrel_free(la.slot_of);
     petrel_free(la.keys);
     petrel_free(la.w);
@@ -572,7 +597,8 @@ static petrel_err mf_step(app *a, petrel_ps_worker *w, double *loss, int64_t *sa
     double se = 0;
     for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
         uint32_t t = batch[i];
-        const float *u = ma->u + ma->slot_u[d->user[t]] * R, *v = ma->v + ma->slot_i[d->item[t]] * R;
+        const float *u = ma->u + ma->slot_u[d->user[t]] * R,
+                    *v = ma->v + ma->slot_i[d->item[t]] * R;
         float *gu = ma->gu + ma->slot_u[d->user[t]] * R, *gv = ma->gv + ma->slot_i[d->item[t]] * R;
         float e = d->rating[t];
         for (int64_t k = 0; k < R; k++) e -= u[k] * v[k];
@@ -630,9 +656,17 @@ petrel_err petrel_train_ps_mf(petrel_ps *ps, const petrel_ratings *train,
     if (test && (test->users > train->users || test->items > train->items))
         return petrel_error_set(PETREL_ERR_INVALID,
                                 "ps mf: the test set has users or items the training set lacks");
-    mf_app ma = {.base = {.name = "mf", .start_epoch = mf_start_epoch, .skip = mf_skip, .step = mf_step,
-                          .evaluate = mf_evaluate, .loss_name = "mse"},
-                 .train = train, .test = test, .cfg = cfg, .rank = pc.mf_rank, .l2 = pc.mf_l2};
+    mf_app ma = {.base = {.name = "mf",
+                          .start_epoch = mf_start_epoch,
+                          .skip = mf_skip,
+                          .step = mf_step,
+                          .evaluate = mf_evaluate,
+                          .loss_name = "mse"},
+                 .train = train,
+                 .test = test,
+                 .cfg = cfg,
+                 .rank = pc.mf_rank,
+                 .l2 = pc.mf_l2};
     petrel_ps_table_spec su = dense_spec(train->users, pc.mf_rank, cfg, pc);
     su.init = PETREL_PS_INIT_UNIFORM;
     su.init_a = 0;

@@ -34,6 +34,10 @@ int bench_hogwild(int argc, char **argv);
 
 /* ---- the harness (bench_harness.c) ------------------------------------------------- */
 
+/* Formats into dst (size bytes) unless it already holds a message: the first error
+ * of a run is its cause. */
+void bench_first_error(char *dst, size_t size, const char *fmt, ...) PETREL_PRINTF(3, 4);
+
 /* "64 KiB", "4 MiB", "100 B" into buf; returns buf. */
 const char *bench_size_name(size_t bytes, char *buf, size_t len);
 

@@ -70,15 +70,6 @@ static int warmup_of(int iters) {
     return iters / 10 < 2 ? 2 : iters / 10;
 }
 
-static void member_error(member_result *m, const char *fmt, ...) PETREL_PRINTF(2, 3);
-static void member_error(member_result *m, const char *fmt, ...) {
-    if (m->error[0]) return; /* the first error is the cause */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(m->error, sizeof m->error, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- a petrel job ------------------------------------------------------------------------ */
 
 typedef struct job_ctx {
@@ -93,13 +84,16 @@ typedef struct job_ctx {
 static bool checked_call(petrel_comm *c, float *x, size_t n, int rank, int P, member_result *m) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(rank + 1) + (float)(i % 13);
     if (petrel_allreduce(c, x, n, PETREL_REDUCE_SUM) != PETREL_OK) {
-        member_error(m, "allreduce of %zu floats: %s", n, petrel_errmsg());
+        bench_first_error(m->error, sizeof m->error, "allreduce of %zu floats: %s", n,
+                          petrel_errmsg());
         return false;
     }
     for (size_t i = 0; i < n; i++)
         if (x[i] != (float)(P * (P + 1) / 2) + (float)P * (float)(i % 13)) {
-            member_error(m, "allreduce of %zu floats: element %zu is %g, expected %g", n, i,
-                         (double)x[i], (double)((float)(P * (P + 1) / 2) + (float)P * (i % 13)));
+            bench_first_error(m->error, sizeof m->error,
+                              "allreduce of %zu floats: element %zu is %g, expected %g", n, i,
+                              (double)x[i],
+                              (double)((float)(P * (P + 1) / 2) + (float)P * (i % 13)));
             return false;
         }
     return true;
@@ -115,7 +109,8 @@ static bool measure(petrel_comm *c, const plan *p, int pi, float *x, double *t, 
         for (int k = 0; k < warmup_of(iters) + iters; k++) {
             uint64_t t0 = petrel_now_ns();
             if (petrel_allreduce(c, x, n, PETREL_REDUCE_SUM) != PETREL_OK) {
-                member_error(m, "allreduce of %zu floats: %s", n, petrel_errmsg());
+                bench_first_error(m->error, sizeof m->error, "allreduce of %zu floats: %s", n,
+                                  petrel_errmsg());
                 return false;
             }
             if (k >= warmup_of(iters)) t[k - warmup_of(iters)] = (double)(petrel_now_ns() - t0);
@@ -143,14 +138,15 @@ static int member_main(int rank, void *arg) {
     cfg.connect_timeout_ms = (uint32_t)p->call_ms;
     petrel_net *net = NULL;
     if (petrel_net_start(&net, &cfg) != PETREL_OK) {
-        member_error(m, "start: %s", petrel_errmsg());
+        bench_first_error(m->error, sizeof m->error, "start: %s", petrel_errmsg());
         return 1;
     }
     bool ok = true;
     for (int peer = 0; ok && peer < P; peer++)
         if (peer != rank && strcmp(petrel_net_link(net, peer), "shm") != 0) {
-            member_error(m, "the link to rank %d is \"%s\", expected \"shm\"", peer,
-                         petrel_net_link(net, peer));
+            bench_first_error(m->error, sizeof m->error,
+                              "the link to rank %d is \"%s\", expected \"shm\"", peer,
+                              petrel_net_link(net, peer));
             ok = false;
         }
     size_t most = 0;
@@ -162,7 +158,7 @@ static int member_main(int rank, void *arg) {
     float *x = petrel_malloc(most);
     double *t = petrel_malloc((size_t)most_iters * sizeof *t);
     if (ok && (!x || !t)) {
-        member_error(m, "out of memory");
+        bench_first_error(m->error, sizeof m->error, "out of memory");
         ok = false;
     }
     int ranks[MAX_P];
@@ -171,14 +167,14 @@ static int member_main(int rank, void *arg) {
     cc.timeout_ms = p->call_ms;
     petrel_comm *c = NULL;
     if (ok && petrel_comm_new(&c, net, ranks, P, 1, cc) != PETREL_OK) {
-        member_error(m, "communicator: %s", petrel_errmsg());
+        bench_first_error(m->error, sizeof m->error, "communicator: %s", petrel_errmsg());
         ok = false;
     }
     if (ok) ok = measure(c, p, j->pi, x, t, m);
     /* Nobody leaves before everyone is done: a goodbye over TCP could overtake the
      * last message over shared memory. */
     if (ok && petrel_net_barrier(net, p->call_ms) != PETREL_OK) {
-        member_error(m, "final barrier: %s", petrel_errmsg());
+        bench_first_error(m->error, sizeof m->error, "final barrier: %s", petrel_errmsg());
         ok = false;
     }
     petrel_comm_free(c);

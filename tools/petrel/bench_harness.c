@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,14 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+void bench_first_error(char *dst, size_t size, const char *fmt, ...) {
+    if (dst[0]) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, size, fmt, ap);
+    va_end(ap);
+}
 
 const char *bench_size_name(size_t bytes, char *buf, size_t len) {
     if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)

@@ -86,15 +86,6 @@ typedef struct results {
     double rtt[PAIR_COUNT][MAX_RTT], bw[PAIR_COUNT + 1][MAX_BW], dram; /* medians */
 } results;
 
-static void side_error(side_result *s, const char *fmt, ...) PETREL_PRINTF(2, 3);
-static void side_error(side_result *s, const char *fmt, ...) {
-    if (s->error[0]) return; /* the first error is the cause */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->error, sizeof s->error, fmt, ap);
-    va_end(ap);
-}
-
 static double now_s(void) {
     return (double)petrel_now_ns() * 1e-9;
 }
@@ -117,7 +108,8 @@ struct endpoint {
 
 static bool net_send(endpoint *e, uint8_t type, const void *data, size_t len) {
     petrel_err err = petrel_net_send(e->net, e->peer, type, 0, 0, data, len, e->call_ms);
-    if (err != PETREL_OK) side_error(e->res, "send: %s", petrel_errmsg());
+    if (err != PETREL_OK)
+        bench_first_error(e->res->error, sizeof e->res->error, "send: %s", petrel_errmsg());
     return err == PETREL_OK;
 }
 
@@ -125,11 +117,13 @@ static bool net_recv(endpoint *e, uint8_t type, size_t len) {
     petrel_msg m;
     petrel_err err = petrel_net_recv(e->net, e->peer, type, PETREL_ANY_ID, &m, e->call_ms);
     if (err != PETREL_OK) {
-        side_error(e->res, "recv: %s", petrel_errmsg());
+        bench_first_error(e->res->error, sizeof e->res->error, "recv: %s", petrel_errmsg());
         return false;
     }
     bool ok = m.len == len;
-    if (!ok) side_error(e->res, "recv: a message of %zu bytes, expected %zu", m.len, len);
+    if (!ok)
+        bench_first_error(e->res->error, sizeof e->res->error,
+                          "recv: a message of %zu bytes, expected %zu", m.len, len);
     petrel_msg_release(&m);
     return ok;
 }
@@ -141,7 +135,8 @@ static bool sock_send(endpoint *e, uint8_t type, const void *data, size_t len) {
         ssize_t w = send(e->fd, p, len, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
-            side_error(e->res, "socket write: %s", w < 0 ? strerror(errno) : "wrote nothing");
+            bench_first_error(e->res->error, sizeof e->res->error, "socket write: %s",
+                              w < 0 ? strerror(errno) : "wrote nothing");
             return false;
         }
         p += w;
@@ -157,8 +152,8 @@ static bool sock_recv(endpoint *e, uint8_t type, size_t len) {
         ssize_t r = read(e->fd, e->scratch + got, len - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
-            side_error(e->res, "socket read: %s",
-                       r < 0 ? strerror(errno) : "closed by the other process");
+            bench_first_error(e->res->error, sizeof e->res->error, "socket read: %s",
+                              r < 0 ? strerror(errno) : "closed by the other process");
             return false;
         }
         got += (size_t)r;
@@ -177,7 +172,7 @@ static size_t bw_msgs(const plan *p, size_t size) {
 static bool measure(endpoint *e, const plan *p, const unsigned char *buf) {
     double *t = petrel_malloc((size_t)p->rtt_iters * sizeof *t);
     if (!t) {
-        side_error(e->res, "out of memory");
+        bench_first_error(e->res->error, sizeof e->res->error, "out of memory");
         return false;
     }
     bool ok = true;
@@ -246,7 +241,8 @@ static int node_main(pair_kind kind, int rank, const plan *p, const pair_env *en
     cfg.connect_timeout_ms = (uint32_t)p->call_ms;
     petrel_net *net = NULL;
     if (petrel_net_start(&net, &cfg) != PETREL_OK) {
-        side_error(res, "rank %d: start: %s", rank, petrel_errmsg());
+        bench_first_error(res->error, sizeof res->error, "rank %d: start: %s", rank,
+                          petrel_errmsg());
         return 1;
     }
     const char *link = petrel_net_link(net, 1 - rank);
@@ -254,10 +250,11 @@ static int node_main(pair_kind kind, int rank, const plan *p, const pair_env *en
     unsigned char *buf = NULL;
     bool ok = strcmp(link, pair_name[kind]) == 0;
     if (!ok)
-        side_error(res, "rank %d: the link to rank %d is \"%s\", expected \"%s\"", rank, 1 - rank,
-                   link, pair_name[kind]);
+        bench_first_error(res->error, sizeof res->error,
+                          "rank %d: the link to rank %d is \"%s\", expected \"%s\"", rank, 1 - rank,
+                          link, pair_name[kind]);
     if (ok && !(buf = petrel_malloc(largest(p)))) {
-        side_error(res, "out of memory");
+        bench_first_error(res->error, sizeof res->error, "out of memory");
         ok = false;
     }
     if (ok) {
@@ -268,7 +265,8 @@ static int node_main(pair_kind kind, int rank, const plan *p, const pair_env *en
     /* Neither leaves before the other has everything: a goodbye over TCP could
      * overtake the last message over shared memory. */
     if (ok && petrel_net_barrier(net, p->call_ms) != PETREL_OK) {
-        side_error(res, "rank %d: final barrier: %s", rank, petrel_errmsg());
+        bench_first_error(res->error, sizeof res->error, "rank %d: final barrier: %s", rank,
+                          petrel_errmsg());
         ok = false;
     }
     petrel_net_stop(net);
@@ -293,7 +291,8 @@ static int socket_main(int side, const plan *p, const pair_env *env, side_result
         }
     }
     if (fd < 0) {
-        side_error(res, "socket side %d: cannot connect: %s", side, strerror(errno));
+        bench_first_error(res->error, sizeof res->error, "socket side %d: cannot connect: %s", side,
+                          strerror(errno));
         return 1;
     }
     int one = 1;
@@ -305,7 +304,7 @@ static int socket_main(int side, const plan *p, const pair_env *env, side_result
     size_t n = largest(p);
     unsigned char *buf = petrel_malloc(n), *scratch = petrel_malloc(n);
     bool ok = buf && scratch;
-    if (!ok) side_error(res, "out of memory");
+    if (!ok) bench_first_error(res->error, sizeof res->error, "out of memory");
     if (ok) {
         memset(buf, 0x5a, n);
         memset(scratch, 0, n);
@@ -340,7 +339,8 @@ static int pair_main(int side, void *arg) {
 static bool run_pair(pair_kind kind, const plan *p, side_result res[2]) {
     pair_env env;
     if (!bench_listen(&env.listen_fd, env.addr, sizeof env.addr)) {
-        side_error(&res[0], "listen on 127.0.0.1: %s", strerror(errno));
+        bench_first_error((&res[0])->error, sizeof(&res[0])->error, "listen on 127.0.0.1: %s",
+                          strerror(errno));
         return false;
     }
     snprintf(env.job_id, sizeof env.job_id, "bench-%d-%s", (int)getpid(), pair_name[kind]);
@@ -351,11 +351,15 @@ static bool run_pair(pair_kind kind, const plan *p, side_result res[2]) {
     close(env.listen_fd);
     for (int s = 0; s < 2; s++) {
         if (ex[s].signal && !ex[s].stopped)
-            side_error(&res[s], "killed by signal %d", ex[s].signal);
-        if (ex[s].code < 0 && !ex[s].signal) side_error(&res[s], "could not be started (fork)");
+            bench_first_error((&res[s])->error, sizeof(&res[s])->error, "killed by signal %d",
+                              ex[s].signal);
+        if (ex[s].code < 0 && !ex[s].signal)
+            bench_first_error((&res[s])->error, sizeof(&res[s])->error,
+                              "could not be started (fork)");
     }
     if (late)
-        side_error(&res[0], "the %s pair did not finish within %d s", pair_name[kind], p->pair_s);
+        bench_first_error((&res[0])->error, sizeof(&res[0])->error,
+                          "the %s pair did not finish within %d s", pair_name[kind], p->pair_s);
     if (!ok && kind != PAIR_SOCKET) bench_shm_cleanup(env.job_id, 2); /* a killed node's inbox */
     return ok && res[0].ok && res[1].ok;
 }

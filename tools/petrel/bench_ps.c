@@ -141,15 +141,6 @@ typedef struct figures {
     double first_inc_s, first_flush_s, second_inc_s, second_flush_s;
 } figures;
 
-static void node_error(node_out *o, const char *fmt, ...) PETREL_PRINTF(2, 3);
-static void node_error(node_out *o, const char *fmt, ...) {
-    if (o->error[0]) return; /* the first error is the cause */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(o->error, sizeof o->error, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- a node of the job ---------------------------------------------------------------- */
 
 typedef struct node {
@@ -196,7 +187,8 @@ static bool workers_sync(node *n) {
             petrel_msg_release(&m);
     }
     if (err != PETREL_OK)
-        node_error(n->me, "worker %d: start together: %s", n->widx, petrel_errmsg());
+        bench_first_error(n->me->error, sizeof n->me->error, "worker %d: start together: %s",
+                          n->widx, petrel_errmsg());
     return err == PETREL_OK;
 }
 
@@ -212,25 +204,30 @@ static bool raw_exchange(node *n, const struct iovec *body, int nbody, uint64_t 
         bool ok = m.len == back;
         petrel_msg_release(&m);
         if (!ok) {
-            node_error(n->me, "worker %d: raw answer of the wrong length", n->widx);
+            bench_first_error(n->me->error, sizeof n->me->error,
+                              "worker %d: raw answer of the wrong length", n->widx);
             return false;
         }
     }
     if (err != PETREL_OK)
-        node_error(n->me, "worker %d: raw exchange: %s", n->widx, petrel_errmsg());
+        bench_first_error(n->me->error, sizeof n->me->error, "worker %d: raw exchange: %s", n->widx,
+                          petrel_errmsg());
     return err == PETREL_OK;
 }
 
 static bool ps_ok(node *n, petrel_err err, const char *what) {
-    if (err != PETREL_OK) node_error(n->me, "worker %d: %s: %s", n->widx, what, petrel_errmsg());
+    if (err != PETREL_OK)
+        bench_first_error(n->me->error, sizeof n->me->error, "worker %d: %s: %s", n->widx, what,
+                          petrel_errmsg());
     return err == PETREL_OK;
 }
 
 /* A row read after the workers pushed `expect` ones into every value of it. */
 static bool check_row(node *n, const float *row, int64_t cols, double expect, const char *what) {
     if (row[0] == (float)expect && row[cols - 1] == (float)expect) return true;
-    node_error(n->me, "worker %d: %s read %g and %g, expected %g", n->widx, what, (double)row[0],
-               (double)row[cols - 1], expect);
+    bench_first_error(n->me->error, sizeof n->me->error,
+                      "worker %d: %s read %g and %g, expected %g", n->widx, what, (double)row[0],
+                      (double)row[cols - 1], expect);
     return false;
 }
 
@@ -269,10 +266,10 @@ static bool one_op(node *n, int dir, int kind, uint32_t t, int64_t cols, bool ti
 static bool fetches_check(node *n, uint64_t before, uint64_t gets, const char *what) {
     uint64_t got = petrel_ps_get_stats(n->ps).fetches - before;
     if (got == gets) return true;
-    node_error(n->me,
-               "worker %d: %s: %llu gets fetched %llu times (a cached read is no round "
-               "trip)",
-               n->widx, what, (unsigned long long)gets, (unsigned long long)got);
+    bench_first_error(n->me->error, sizeof n->me->error,
+                      "worker %d: %s: %llu gets fetched %llu times (a cached read is no round "
+                      "trip)",
+                      n->widx, what, (unsigned long long)gets, (unsigned long long)got);
     return false;
 }
 
@@ -358,7 +355,9 @@ static bool run_sparse(node *n) {
     uint64_t *keys = petrel_malloc((size_t)nk * sizeof *keys);
     float *d = petrel_malloc((size_t)nk * sizeof *d);
     bool ok = keys && d;
-    if (!ok) node_error(n->me, "worker %d: out of memory for %lld keys", n->widx, (long long)nk);
+    if (!ok)
+        bench_first_error(n->me->error, sizeof n->me->error,
+                          "worker %d: out of memory for %lld keys", n->widx, (long long)nk);
     for (int64_t i = 0; ok && i < nk; i++) {
         keys[i] = mix64(((uint64_t)n->widx << 48) + (uint64_t)i + 1);
         d[i] = 1.0f;
@@ -391,8 +390,9 @@ static bool run_sparse(node *n) {
              ps_ok(n, petrel_ps_get_rows(n->w, n->t_sparse, ask, 4, got), "get_rows");
         for (int i = 0; ok && i < 4; i++)
             if (got[i] != (float)(1 + p->sparse_reps)) {
-                node_error(n->me, "worker %d: sparse key %llu holds %g, expected %d", n->widx,
-                           (unsigned long long)ask[i], (double)got[i], 1 + p->sparse_reps);
+                bench_first_error(n->me->error, sizeof n->me->error,
+                                  "worker %d: sparse key %llu holds %g, expected %d", n->widx,
+                                  (unsigned long long)ask[i], (double)got[i], 1 + p->sparse_reps);
                 ok = false;
             }
     }
@@ -434,7 +434,8 @@ static void *raw_main(void *arg) {
         petrel_err err = petrel_net_recv(n->net, PETREL_ANY_SOURCE, MSG_RAW, PETREL_ANY_ID, &m,
                                          n->p->job_s * 1000);
         if (err != PETREL_OK) {
-            node_error(n->me, "server: raw receive: %s", petrel_errmsg());
+            bench_first_error(n->me->error, sizeof n->me->error, "server: raw receive: %s",
+                              petrel_errmsg());
             return NULL;
         }
         uint64_t back = 0;
@@ -446,12 +447,14 @@ static void *raw_main(void *arg) {
             continue;
         }
         if (back > rs->cap) {
-            node_error(n->me, "server: raw answer of %llu bytes asked", (unsigned long long)back);
+            bench_first_error(n->me->error, sizeof n->me->error,
+                              "server: raw answer of %llu bytes asked", (unsigned long long)back);
             return NULL;
         }
         if (petrel_net_send(n->net, src, MSG_RAW_BACK, 0, 0, rs->answer, (size_t)back,
                             n->p->call_ms) != PETREL_OK) {
-            node_error(n->me, "server: raw answer: %s", petrel_errmsg());
+            bench_first_error(n->me->error, sizeof n->me->error, "server: raw answer: %s",
+                              petrel_errmsg());
             return NULL;
         }
     }
@@ -463,19 +466,19 @@ static bool server_main(node *n) {
     raw_server rs = {.n = n, .cap = 16 + largest(n->p)};
     rs.answer = petrel_malloc(rs.cap);
     if (!rs.answer) {
-        node_error(n->me, "server: out of memory");
+        bench_first_error(n->me->error, sizeof n->me->error, "server: out of memory");
         return false;
     }
     memset(rs.answer, 0, rs.cap);
     pthread_t th;
     if (pthread_create(&th, NULL, raw_main, &rs) != 0) {
-        node_error(n->me, "server: cannot start the raw thread");
+        bench_first_error(n->me->error, sizeof n->me->error, "server: cannot start the raw thread");
         petrel_free(rs.answer);
         return false;
     }
     petrel_err err = petrel_ps_serve(n->ps);
     if (err != PETREL_OK) { /* the raw thread may wait forever: the process ends now */
-        node_error(n->me, "server: serve: %s", petrel_errmsg());
+        bench_first_error(n->me->error, sizeof n->me->error, "server: serve: %s", petrel_errmsg());
         return false;
     }
     pthread_join(th, NULL);
@@ -523,7 +526,8 @@ static int node_proc(int rank, void *arg) {
     /* A 10M-key apply holds the server's receive thread for a second or more. */
     cfg.peer_timeout_ms = (uint32_t)p->call_ms;
     if (petrel_net_start(&n.net, &cfg) != PETREL_OK) {
-        node_error(n.me, "rank %d: start: %s", rank, petrel_errmsg());
+        bench_first_error(n.me->error, sizeof n.me->error, "rank %d: start: %s", rank,
+                          petrel_errmsg());
         return 1;
     }
     bool ok = true;
@@ -531,15 +535,16 @@ static int node_proc(int rank, void *arg) {
         const char *link = petrel_net_link(n.net, 1);
         snprintf(n.me->link, sizeof n.me->link, "%s", link);
         if (strcmp(link, transport_name[env->t]) != 0) {
-            node_error(n.me, "worker %d: the link to the server is \"%s\", expected \"%s\"", n.widx,
-                       link, transport_name[env->t]);
+            bench_first_error(n.me->error, sizeof n.me->error,
+                              "worker %d: the link to the server is \"%s\", expected \"%s\"",
+                              n.widx, link, transport_name[env->t]);
             ok = false;
         }
         size_t floats = largest(p) / sizeof(float) + 4;
         n.delta = petrel_malloc(floats * sizeof(float));
         n.row = petrel_malloc(floats * sizeof(float));
         if (!n.delta || !n.row) {
-            node_error(n.me, "worker %d: out of memory", n.widx);
+            bench_first_error(n.me->error, sizeof n.me->error, "worker %d: out of memory", n.widx);
             ok = false;
         }
         for (size_t i = 0; ok && i < floats; i++) n.delta[i] = 1.0f;
@@ -547,7 +552,8 @@ static int node_proc(int rank, void *arg) {
     petrel_ps_config pc = petrel_ps_config_default();
     pc.timeout_ms = p->call_ms;
     if (ok && petrel_ps_start(&n.ps, n.net, &pc) != PETREL_OK) {
-        node_error(n.me, "rank %d: ps start: %s", rank, petrel_errmsg());
+        bench_first_error(n.me->error, sizeof n.me->error, "rank %d: ps start: %s", rank,
+                          petrel_errmsg());
         ok = false;
     }
     /* Every node creates the same tables in the same order. */
@@ -565,13 +571,15 @@ static int node_proc(int rank, void *arg) {
         else if (rank == 1)
             ok = server_main(&n);
         else if (petrel_ps_serve(n.ps) != PETREL_OK) {
-            node_error(n.me, "coordinator: serve: %s", petrel_errmsg());
+            bench_first_error(n.me->error, sizeof n.me->error, "coordinator: serve: %s",
+                              petrel_errmsg());
             ok = false;
         }
     }
     if (!ok) return 1; /* the bench stops the others */
     if (petrel_ps_stop(n.ps) != PETREL_OK) {
-        node_error(n.me, "rank %d: ps stop: %s", rank, petrel_errmsg());
+        bench_first_error(n.me->error, sizeof n.me->error, "rank %d: ps stop: %s", rank,
+                          petrel_errmsg());
         ok = false;
     }
     petrel_net_stop(n.net);
@@ -652,7 +660,8 @@ static bool run_job(const plan *p, transport t, int workers, job_out *out) {
     memset(out, 0, sizeof *out);
     job_env env = {.p = p, .t = t, .workers = workers, .out = out};
     if (!bench_listen(&env.listen_fd, env.addr, sizeof env.addr)) {
-        node_error(&out->node[0], "listen on 127.0.0.1: %s", strerror(errno));
+        bench_first_error((&out->node[0])->error, sizeof(&out->node[0])->error,
+                          "listen on 127.0.0.1: %s", strerror(errno));
         return false;
     }
     snprintf(env.job_id, sizeof env.job_id, "bench-ps-%d-%s-%d", (int)getpid(), transport_name[t],
@@ -664,12 +673,16 @@ static bool run_job(const plan *p, transport t, int workers, job_out *out) {
     close(env.listen_fd);
     for (int r = 0; r < n; r++) {
         if (ex[r].signal && !ex[r].stopped)
-            node_error(&out->node[r], "killed by signal %d", ex[r].signal);
+            bench_first_error((&out->node[r])->error, sizeof(&out->node[r])->error,
+                              "killed by signal %d", ex[r].signal);
         if (ex[r].code < 0 && !ex[r].signal)
-            node_error(&out->node[r], "could not be started (fork)");
+            bench_first_error((&out->node[r])->error, sizeof(&out->node[r])->error,
+                              "could not be started (fork)");
         ok = ok && out->node[r].ok;
     }
-    if (late) node_error(&out->node[0], "the job did not finish within %d s", p->job_s);
+    if (late)
+        bench_first_error((&out->node[0])->error, sizeof(&out->node[0])->error,
+                          "the job did not finish within %d s", p->job_s);
     if (!ok) bench_shm_cleanup(env.job_id, n);
     return ok;
 }

@@ -32,6 +32,10 @@ int cli_train_hogwild(int model, int mode, const petrel_dataset *train, const pe
                       const petrel_train_config *cfg, float lr, float l2, float decay);
 int cli_train_mf(const char *data, const char *test_path, double test_fraction, int rank, int mode,
                  const petrel_train_config *cfg, float lr, float l2, float decay);
+/* Outside a job: runs this `petrel train` command line as a local job of rank 0,
+ * `servers` servers and `workers` workers (petrel_launch_run); the exit code. */
+int cli_launch_train(int argc, char **argv, int servers, int workers);
+
 /* petrel train's parameter-server path (train_ps.c). */
 typedef struct cli_ps_options {
     int servers, workers;

@@ -11,65 +11,66 @@
 #include <string.h>
 
 static void train_usage(FILE *f) {
-    fprintf(f, "usage: petrel train [options]\n"
-               "\n"
-               "Trains a model with softmax cross-entropy, evaluates it after every epoch, and\n"
-               "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
-               "\n"
-               "options (default in brackets):\n"
-               "  --model NAME        softmax | mlp | cnn, or logreg | svm | mf (Hogwild!;\n"
-               "                      mf: matrix factorization of a ratings file, --rank R) "
-               "[mlp]\n"
-               "  --hidden N[,N..]    mlp hidden widths [256]\n"
-               "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
-               "[fashion-mnist]\n"
-               "  --test PATH         test set file (IDX images or libsvm) [the named dataset's]\n"
-               "  --epochs N          passes over the training data [5]\n"
-               "  --batch B           samples per step [64]\n"
-               "  --optimizer NAME    sgd | momentum | adagrad | adam [sgd]\n"
-               "  --lr LR             learning rate [sgd 0.1, momentum 0.01, adagrad 0.01, "
-               "adam 0.001]\n"
-               "  --weight-decay WD   L2 penalty added to gradients [0]\n"
-               "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads);\n"
-               "                      with Hogwild!, the SGD threads [1]\n"
-               "  --hogwild           lock-free SGD on sparse rows (Recht et al.): logreg, svm\n"
-               "                      or softmax; the default for logreg and svm\n"
-               "  --locked            Hogwild!'s baseline: a global lock around each update\n"
-               "  --round-robin       Hogwild!'s baseline: threads take turns\n"
-               "  --l2 L2             Hogwild!: L2 on the coordinates (mf: rows) a sample\n"
-               "                      touches [0]\n"
-               "  --decay D           Hogwild!: epoch e steps with lr * D^e, 0 < D <= 1 [0.9]\n"
-               "  --test-fraction F   mf without --test: share of the ratings held out [0.1]\n"
-               "  --seed S            seed for weights and data order [1]\n"
-               "  --out DIR           output directory [runs/<model>]\n"
-               "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
-               "  --kernels NAME      cpu | reference (naive loops, for checking) [cpu]\n"
-               "\n"
-               "data-parallel training (every worker holds the model; --batch is per worker):\n"
-               "  --workers W         processes that train together; > 1 starts them on this\n"
-               "                      machine, as petrel launch does (under mpirun or srun, the\n"
-               "                      job's size decides) [1]\n"
-               "  --comm NAME         allreduce | sfb | hybrid: how gradients are combined\n"
-               "                      [allreduce]\n"
-               "  --bucket-kb N       gradient bucket (fusion) size in KiB [256]\n"
-               "  --overlap           reduce buckets on a communication thread during backward\n"
-               "  --no-overlap        reduce after backward, on the training thread\n"
-               "                      [overlap when the machine has more cores than workers]\n"
-               "\n"
-               "parameter server (docs/ps.md; --workers W train on shards, --batch per worker):\n"
-               "  --servers S         S server processes hold the parameters; selects the PS\n"
-               "  --sync MODEL        bsp | ssp:N | async: how stale a worker's reads may be [bsp]\n"
-               "  --straggler W:F     worker W's clocks take F times its compute time\n"
-               "  --snapshot-every N  servers snapshot their tables every N clocks (OUT/snapshots)\n"
-               "  --resume DIR        continue from the newest complete snapshot in DIR\n"
-               "  --rank R            mf: factor width [16]\n"
-               "  with --servers, --model is mlp | cnn | softmax (dense tables), logreg (sparse\n"
-               "  logistic or softmax regression on libsvm data) or mf (--data: a ratings file)\n"
-               "\n"
-               "  --progress          always draw the progress line [only on a terminal]\n"
-               "  --no-progress       never draw it\n"
-               "  -q, --quiet         no per-epoch lines on stderr\n"
-               "  -h, --help          show this help\n");
+    fprintf(f,
+            "usage: petrel train [options]\n"
+            "\n"
+            "Trains a model with softmax cross-entropy, evaluates it after every epoch, and\n"
+            "writes DIR/metrics.jsonl and DIR/model.ckpt.\n"
+            "\n"
+            "options (default in brackets):\n"
+            "  --model NAME        softmax | mlp | cnn, or logreg | svm | mf (Hogwild!;\n"
+            "                      mf: matrix factorization of a ratings file, --rank R) "
+            "[mlp]\n"
+            "  --hidden N[,N..]    mlp hidden widths [256]\n"
+            "  --data NAME|PATH    fashion-mnist, an IDX images file, or a libsvm file "
+            "[fashion-mnist]\n"
+            "  --test PATH         test set file (IDX images or libsvm) [the named dataset's]\n"
+            "  --epochs N          passes over the training data [5]\n"
+            "  --batch B           samples per step [64]\n"
+            "  --optimizer NAME    sgd | momentum | adagrad | adam [sgd]\n"
+            "  --lr LR             learning rate [sgd 0.1, momentum 0.01, adagrad 0.01, "
+            "adam 0.001]\n"
+            "  --weight-decay WD   L2 penalty added to gradients [0]\n"
+            "  --threads T         math-library threads (T > 1 uses OpenBLAS's threads);\n"
+            "                      with Hogwild!, the SGD threads [1]\n"
+            "  --hogwild           lock-free SGD on sparse rows (Recht et al.): logreg, svm\n"
+            "                      or softmax; the default for logreg and svm\n"
+            "  --locked            Hogwild!'s baseline: a global lock around each update\n"
+            "  --round-robin       Hogwild!'s baseline: threads take turns\n"
+            "  --l2 L2             Hogwild!: L2 on the coordinates (mf: rows) a sample\n"
+            "                      touches [0]\n"
+            "  --decay D           Hogwild!: epoch e steps with lr * D^e, 0 < D <= 1 [0.9]\n"
+            "  --test-fraction F   mf without --test: share of the ratings held out [0.1]\n"
+            "  --seed S            seed for weights and data order [1]\n"
+            "  --out DIR           output directory [runs/<model>]\n"
+            "  --max-steps N       stop after N steps in total, 0 for no limit [0]\n"
+            "  --kernels NAME      cpu | reference (naive loops, for checking) [cpu]\n"
+            "\n"
+            "data-parallel training (every worker holds the model; --batch is per worker):\n"
+            "  --workers W         processes that train together; > 1 starts them on this\n"
+            "                      machine, as petrel launch does (under mpirun or srun, the\n"
+            "                      job's size decides) [1]\n"
+            "  --comm NAME         allreduce | sfb | hybrid: how gradients are combined\n"
+            "                      [allreduce]\n"
+            "  --bucket-kb N       gradient bucket (fusion) size in KiB [256]\n"
+            "  --overlap           reduce buckets on a communication thread during backward\n"
+            "  --no-overlap        reduce after backward, on the training thread\n"
+            "                      [overlap when the machine has more cores than workers]\n"
+            "\n"
+            "parameter server (docs/ps.md; --workers W train on shards, --batch per worker):\n"
+            "  --servers S         S server processes hold the parameters; selects the PS\n"
+            "  --sync MODEL        bsp | ssp:N | async: how stale a worker's reads may be [bsp]\n"
+            "  --straggler W:F     worker W's clocks take F times its compute time\n"
+            "  --snapshot-every N  servers snapshot their tables every N clocks (OUT/snapshots)\n"
+            "  --resume DIR        continue from the newest complete snapshot in DIR\n"
+            "  --rank R            mf: factor width [16]\n"
+            "  with --servers, --model is mlp | cnn | softmax (dense tables), logreg (sparse\n"
+            "  logistic or softmax regression on libsvm data) or mf (--data: a ratings file)\n"
+            "\n"
+            "  --progress          always draw the progress line [only on a terminal]\n"
+            "  --no-progress       never draw it\n"
+            "  -q, --quiet         no per-epoch lines on stderr\n"
+            "  -h, --help          show this help\n");
 }
 
 static float default_lr(petrel_optim_kind kind) {
@@ -97,20 +98,19 @@ static bool parse_hidden(const char *s, int64_t *hidden) {
     return k > 0;
 }
 
-/* --workers W outside a job: run this same command as W local nodes. */
-static int launch_workers(int argc, char **argv, int workers) {
+int cli_launch_train(int argc, char **argv, int servers, int workers) {
     petrel_launch_config lc = petrel_launch_config_default();
-    lc.workers = workers - 1; /* rank 0, the coordinator, trains too */
-    lc.servers = 0;
+    lc.workers = workers;
+    lc.servers = servers;
     char **args = calloc((size_t)argc + 2, sizeof *args);
-    if (!args) return cli_fail(PETREL_ERR_NOMEM, "launching the workers", NULL);
+    if (!args) return cli_fail(PETREL_ERR_NOMEM, "launching the job", NULL);
     args[0] = "/proc/self/exe";
     args[1] = "train";
     for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
     int code = CLI_FAIL;
     petrel_err err = petrel_launch_run(&lc, args, &code);
     free(args);
-    if (err != PETREL_OK) return cli_fail(err, "launching the workers", NULL);
+    if (err != PETREL_OK) return cli_fail(err, "launching the job", NULL);
     return code;
 }
 
@@ -158,44 +158,43 @@ int cmd_train(int argc, char **argv) {
         OPT_DECAY,
         OPT_TEST_FRACTION
     };
-    static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
-                                             {"hidden", required_argument, 0, OPT_HIDDEN},
-                                             {"data", required_argument, 0, 'd'},
-                                             {"test", required_argument, 0, OPT_TEST},
-                                             {"epochs", required_argument, 0, 'e'},
-                                             {"batch", required_argument, 0, 'b'},
-                                             {"optimizer", required_argument, 0, OPT_OPTIMIZER},
-                                             {"lr", required_argument, 0, OPT_LR},
-                                             {"weight-decay", required_argument, 0, OPT_WD},
-                                             {"threads", required_argument, 0, OPT_THREADS},
-                                             {"seed", required_argument, 0, 's'},
-                                             {"out", required_argument, 0, 'o'},
-                                             {"max-steps", required_argument, 0, OPT_MAX_STEPS},
-                                             {"kernels", required_argument, 0, OPT_KERNELS},
-                                             {"progress", no_argument, 0, OPT_PROGRESS},
-                                             {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
-                                             {"workers", required_argument, 0, OPT_WORKERS},
-                                             {"comm", required_argument, 0, OPT_COMM},
-                                             {"bucket-kb", required_argument, 0, OPT_BUCKET},
-                                             {"no-overlap", no_argument, 0, OPT_NO_OVERLAP},
-                                             {"overlap", no_argument, 0, OPT_OVERLAP},
-                                             {"hogwild", no_argument, 0, OPT_HOGWILD},
-                                             {"locked", no_argument, 0, OPT_LOCKED},
-                                             {"round-robin", no_argument, 0, OPT_ROUND_ROBIN},
-                                             {"servers", required_argument, 0, OPT_SERVERS},
-                                             {"sync", required_argument, 0, OPT_SYNC},
-                                             {"straggler", required_argument, 0, OPT_STRAGGLER},
-                                             {"resume", required_argument, 0, OPT_RESUME},
-                                             {"snapshot-every", required_argument, 0,
-                                              OPT_SNAPSHOT_EVERY},
-                                             {"rank", required_argument, 0, OPT_RANK},
-                                             {"l2", required_argument, 0, OPT_L2},
-                                             {"decay", required_argument, 0, OPT_DECAY},
-                                             {"test-fraction", required_argument, 0,
-                                              OPT_TEST_FRACTION},
-                                             {"quiet", no_argument, 0, 'q'},
-                                             {"help", no_argument, 0, 'h'},
-                                             {0, 0, 0, 0}};
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"hidden", required_argument, 0, OPT_HIDDEN},
+        {"data", required_argument, 0, 'd'},
+        {"test", required_argument, 0, OPT_TEST},
+        {"epochs", required_argument, 0, 'e'},
+        {"batch", required_argument, 0, 'b'},
+        {"optimizer", required_argument, 0, OPT_OPTIMIZER},
+        {"lr", required_argument, 0, OPT_LR},
+        {"weight-decay", required_argument, 0, OPT_WD},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"seed", required_argument, 0, 's'},
+        {"out", required_argument, 0, 'o'},
+        {"max-steps", required_argument, 0, OPT_MAX_STEPS},
+        {"kernels", required_argument, 0, OPT_KERNELS},
+        {"progress", no_argument, 0, OPT_PROGRESS},
+        {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
+        {"workers", required_argument, 0, OPT_WORKERS},
+        {"comm", required_argument, 0, OPT_COMM},
+        {"bucket-kb", required_argument, 0, OPT_BUCKET},
+        {"no-overlap", no_argument, 0, OPT_NO_OVERLAP},
+        {"overlap", no_argument, 0, OPT_OVERLAP},
+        {"hogwild", no_argument, 0, OPT_HOGWILD},
+        {"locked", no_argument, 0, OPT_LOCKED},
+        {"round-robin", no_argument, 0, OPT_ROUND_ROBIN},
+        {"servers", required_argument, 0, OPT_SERVERS},
+        {"sync", required_argument, 0, OPT_SYNC},
+        {"straggler", required_argument, 0, OPT_STRAGGLER},
+        {"resume", required_argument, 0, OPT_RESUME},
+        {"snapshot-every", required_argument, 0, OPT_SNAPSHOT_EVERY},
+        {"rank", required_argument, 0, OPT_RANK},
+        {"l2", required_argument, 0, OPT_L2},
+        {"decay", required_argument, 0, OPT_DECAY},
+        {"test-fraction", required_argument, 0, OPT_TEST_FRACTION},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     petrel_model_options mo = petrel_model_options_default();
     petrel_train_config cfg = petrel_train_config_default();
     const char *data = "fashion-mnist", *test_path = NULL, *out = NULL;
@@ -316,9 +315,8 @@ int cmd_train(int argc, char **argv) {
             break;
         case OPT_STRAGGLER:
             if (!cli_parse_straggler(optarg, &pso))
-                return cli_usage_error("train ",
-                                       "--straggler wants WORKER:FACTOR (FACTOR >= 1), got '%s'",
-                                       optarg);
+                return cli_usage_error(
+                    "train ", "--straggler wants WORKER:FACTOR (FACTOR >= 1), got '%s'", optarg);
             ps_flags = true;
             break;
         case OPT_RESUME:
@@ -400,7 +398,8 @@ int cmd_train(int argc, char **argv) {
                             &cfg, lr, l2, decay);
     }
     if (test_fraction >= 0) return cli_usage_error("train ", "--test-fraction is for --model mf");
-    if (workers > 1 && !in_job) return launch_workers(argc, argv, workers);
+    if (workers > 1 && !in_job)
+        return cli_launch_train(argc, argv, 0, workers - 1); /* rank 0 trains too */
 
     petrel_dataset *train = NULL, *test = NULL;
     petrel_model *model = NULL;

@@ -1,17 +1,14 @@
 /* petrel train's parameter-server path: --servers S, --sync, --straggler, snapshots. */
 #include "apps.h"
 #include "cli.h"
-#include "petrel/launch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 cli_ps_options cli_ps_options_default(void) {
-    return (cli_ps_options){.servers = 0,
-                            .workers = 1,
-                            .train = petrel_ps_train_config_default(),
-                            .snapshot_every = 0};
+    return (cli_ps_options){
+        .servers = 0, .workers = 1, .train = petrel_ps_train_config_default(), .snapshot_every = 0};
 }
 
 bool cli_parse_straggler(const char *s, cli_ps_options *o) {
@@ -27,23 +24,6 @@ bool cli_parse_straggler(const char *s, cli_ps_options *o) {
     o->train.straggler = (int)node;
     o->train.straggler_factor = factor;
     return true;
-}
-
-/* Outside a job: this same command as 1 coordinator, S servers and W workers. */
-static int launch_ps_job(int argc, char **argv, const cli_ps_options *o) {
-    petrel_launch_config lc = petrel_launch_config_default();
-    lc.workers = o->workers;
-    lc.servers = o->servers;
-    char **args = calloc((size_t)argc + 2, sizeof *args);
-    if (!args) return cli_fail(PETREL_ERR_NOMEM, "launching the job", NULL);
-    args[0] = "/proc/self/exe";
-    args[1] = "train";
-    for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
-    int code = CLI_FAIL;
-    petrel_err err = petrel_launch_run(&lc, args, &code);
-    free(args);
-    if (err != PETREL_OK) return cli_fail(err, "launching the job", NULL);
-    return code;
 }
 
 /* Tables each app makes, to find a complete snapshot. */
@@ -183,6 +163,6 @@ int cli_train_ps(int argc, char **argv, const char *model_name, petrel_model_opt
     if (o->train.straggler >= o->workers)
         return cli_usage_error("train ", "--straggler names worker %d of %d (0..%d)",
                                o->train.straggler, o->workers, o->workers - 1);
-    if (env.size <= 1) return launch_ps_job(argc, argv, o);
+    if (env.size <= 1) return cli_launch_train(argc, argv, o->servers, o->workers);
     return run_node(model_name, mo, data, test_path, cfg, o);
 }
