@@ -19,6 +19,7 @@
 
 #include "petrel/coll.h"
 #include "petrel/data.h"
+#include "petrel/hogwild.h"
 #include "petrel/nn.h"
 #include "petrel/ps.h"
 
@@ -138,9 +139,19 @@ typedef struct petrel_ps_train_config {
     double straggler_factor; /* its clocks take this many times their compute time (>= 1) */
     int mf_rank;             /* matrix factorization: factor width */
     float mf_l2;             /* matrix factorization: L2 on the factors */
+    /* logreg and mf: NULL, or Hogwild! threads inside every worker (Project Adam):
+     * a clock is then cfg->batch samples per thread. The worker reads the rows they
+     * touch (through its process cache, within the staleness bound) into a local
+     * replica; hogwild->threads threads run SGD on it, one sample at a time, in
+     * hogwild->mode, steps of hogwild->lr * decay^epoch with hogwild->l2 (mf: mf_l2);
+     * then the replica's change is added to the operation log, one delta per row.
+     * The tables' rule is then SUM (cfg->optim is not used). hogwild->model picks
+     * logreg or svm on two classes; more classes train softmax. Its epochs, seed and
+     * shuffle are not read (cfg's are). Borrowed for the call. */
+    const petrel_hogwild_config *hogwild;
 } petrel_ps_train_config;
 
-/* BSP, no straggler, mf rank 16, l2 0.02. */
+/* BSP, no straggler, mf rank 16, l2 0.02, no Hogwild! threads. */
 petrel_ps_train_config petrel_ps_train_config_default(void);
 
 /* Every node of a PS job calls one of these after petrel_ps_start, with the same

@@ -21,44 +21,44 @@
 #include <sched.h>
 #include <string.h>
 
-/* The batcher's epoch mix (data.h), so that both walk an epoch in the same order. */
-#define EPOCH_MIX 0x9e3779b97f4a7c15ull
-
 /* Bytes of a cache line: what threads write during an epoch is kept on lines of
  * its own, so that it does not evict what the other threads read (false sharing). */
 #define LINE 64
 
 typedef struct hw_shared {
-    /* read by every sample, written only between epochs */
+    /* read by every sample, written only between passes */
     const petreli_hw_model *m;
     const petrel_hogwild_config *cfg;
-    const uint32_t *perm; /* this epoch's order, n entries */
+    const uint32_t *order; /* this pass's samples */
     int64_t epoch;
     float lr;
     int64_t rounds; /* ROUND_ROBIN: turns each thread takes, ceil(n / T) */
-    /* written during an epoch, each on its own line */
+    /* written during a pass, each on its own line */
     _Alignas(LINE) pthread_mutex_t lock;        /* LOCKED: held around each sample */
     _Alignas(LINE) atomic_uint_fast64_t ticket; /* ROUND_ROBIN: whose turn it is, counts up */
 } hw_shared;
 
-/* One thread's share of an epoch; written by it only at the end of the epoch (its
- * running sums stay in hw_tally on its own stack: workers share cache lines). */
+/* One thread's share of a pass; written by it only at the end of the pass (its
+ * running sums stay in its tally on its own stack: workers share cache lines). */
 typedef struct hw_worker {
     hw_shared *s;
     int id;
-    int64_t begin, end; /* positions [begin, end) of perm */
+    int64_t begin, end; /* positions [begin, end) of order */
     float *scratch;     /* the model's per-thread scratch, on lines of its own */
-    double loss;        /* sum of progressive losses */
-    int64_t nnz, samples;
+    petreli_hw_tally tally;
 } hw_worker;
 
-typedef struct hw_tally {
-    double loss;
-    int64_t nnz, samples;
-} hw_tally;
+struct petreli_hw_engine {
+    hw_shared s;
+    hw_worker *wk;
+    petrel_thread **th;
+    float *scratch, *first; /* first: scratch's first line boundary */
+    size_t per_thread;      /* scratch floats per thread, whole lines */
+};
 
-static inline void hw_sample(const hw_shared *s, const hw_worker *wk, int64_t pos, hw_tally *t) {
-    int64_t i = s->perm[pos];
+static inline void hw_sample(const hw_shared *s, const hw_worker *wk, int64_t pos,
+                             petreli_hw_tally *t) {
+    int64_t i = s->order[pos];
     t->loss += s->m->step(s->m->ctx, wk->scratch, i, s->lr, &t->nnz);
     t->samples++;
     if (s->cfg->on_sample) s->cfg->on_sample(s->cfg->on_sample_arg, s->epoch, wk->id, i);
@@ -67,7 +67,7 @@ static inline void hw_sample(const hw_shared *s, const hw_worker *wk, int64_t po
 static void *hw_worker_main(void *arg) {
     hw_worker *wk = arg;
     hw_shared *s = wk->s;
-    hw_tally t = {0, 0, 0};
+    petreli_hw_tally t = {0, 0, 0};
     if (s->cfg->threads == 1 || s->cfg->mode == PETREL_HOGWILD_LOCKFREE) {
         for (int64_t p = wk->begin; p < wk->end; p++) hw_sample(s, wk, p, &t);
     } else if (s->cfg->mode == PETREL_HOGWILD_LOCKED) {
@@ -92,7 +92,7 @@ static void *hw_worker_main(void *arg) {
             atomic_store_explicit(&s->ticket, mine + 1, memory_order_release);
         }
     }
-    wk->loss = t.loss, wk->nnz = t.nnz, wk->samples = t.samples;
+    wk->tally = t;
     return NULL;
 }
 
@@ -156,92 +156,124 @@ petrel_err petreli_hw_check_config(const petrel_hogwild_config *c, const char *f
     return PETREL_OK;
 }
 
+petrel_err petreli_hw_engine_new(petreli_hw_engine **out, const petreli_hw_model *m,
+                                 const petrel_hogwild_config *cfg) {
+    PETREL_ASSERT(cfg->threads >= 1, "check the config first");
+    const int T = cfg->threads;
+    const size_t fpl = LINE / sizeof(float); /* floats per line */
+    const size_t lines = (m->scratch + fpl - 1) / fpl;
+    petreli_hw_engine *e = petrel_calloc(1, sizeof *e);
+    if (!e) return PETREL_ERR_NOMEM;
+    e->s = (hw_shared){.m = m, .cfg = cfg};
+    atomic_init(&e->s.ticket, 0);
+    e->per_thread = (lines > 0 ? lines : 1) * fpl; /* whole lines */
+    e->wk = petrel_calloc((size_t)T, sizeof *e->wk);
+    e->th = petrel_calloc((size_t)T, sizeof *e->th);
+    /* one line more, to start the first thread's scratch on a line boundary */
+    e->scratch = petrel_calloc((size_t)T * e->per_thread + fpl, sizeof *e->scratch);
+    if (!e->wk || !e->th || !e->scratch || pthread_mutex_init(&e->s.lock, NULL) != 0) {
+        petrel_free(e->scratch);
+        petrel_free(e->th);
+        petrel_free(e->wk);
+        petrel_free(e);
+        return PETREL_ERR_NOMEM;
+    }
+    e->first = e->scratch + (fpl - ((uintptr_t)e->scratch / sizeof(float)) % fpl) % fpl;
+    *out = e;
+    return PETREL_OK;
+}
+
+void petreli_hw_engine_free(petreli_hw_engine *e) {
+    if (!e) return;
+    pthread_mutex_destroy(&e->s.lock);
+    petrel_free(e->scratch);
+    petrel_free(e->th);
+    petrel_free(e->wk);
+    petrel_free(e);
+}
+
+petrel_err petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
+                           float lr, petreli_hw_tally *out) {
+    PETREL_ASSERT(n >= 0, "a pass over n >= 0 samples");
+    const int T = e->s.cfg->threads;
+    hw_shared *s = &e->s;
+    hw_worker *wk = e->wk;
+    s->order = order;
+    s->epoch = epoch;
+    s->lr = lr;
+    s->rounds = (n + T - 1) / T;
+    atomic_store_explicit(&s->ticket, 0, memory_order_relaxed);
+    for (int t = 0; t < T; t++)
+        wk[t] = (hw_worker){.s = s,
+                            .id = t,
+                            .begin = (int64_t)t * n / T,
+                            .end = (int64_t)(t + 1) * n / T,
+                            .scratch = e->first + (size_t)t * e->per_thread};
+    if (T == 1) {
+        hw_worker_main(&wk[0]);
+    } else {
+        int started = 0;
+        petrel_err err = PETREL_OK;
+        for (; started < T; started++)
+            if ((err = petrel_thread_start(&e->th[started], hw_worker_main, &wk[started]))) break;
+        if (started < T) {
+            /* Round-robin threads would wait forever for a missing thread's turn:
+             * pass those turns on from here until the started ones end. */
+            const uint64_t total = (uint64_t)s->rounds * (uint64_t)T;
+            for (uint64_t tk;
+                 s->cfg->mode == PETREL_HOGWILD_ROUND_ROBIN &&
+                 (tk = atomic_load_explicit(&s->ticket, memory_order_acquire)) < total;)
+                if (tk % (uint64_t)T >= (uint64_t)started)
+                    atomic_store_explicit(&s->ticket, tk + 1, memory_order_release);
+                else
+                    sched_yield();
+            for (int t = 0; t < started; t++) petrel_thread_join(e->th[t], NULL);
+            return err;
+        }
+        for (int t = 0; t < T; t++) petrel_thread_join(e->th[t], NULL);
+    }
+    *out = (petreli_hw_tally){0, 0, 0};
+    for (int t = 0; t < T; t++) {
+        out->loss += wk[t].tally.loss;
+        out->nnz += wk[t].tally.nnz;
+        out->samples += wk[t].tally.samples;
+    }
+    return PETREL_OK;
+}
+
 petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hogwild_config *cfg,
                           petrel_hogwild_epoch *epochs) {
     PETREL_ASSERT(n >= 1 && n <= (int64_t)UINT32_MAX && cfg->threads >= 1 && cfg->epochs >= 1,
                   "check the samples and the config first");
-    const int T = cfg->threads;
-    const size_t fpl = LINE / sizeof(float); /* floats per line */
-    const size_t lines = (m->scratch + fpl - 1) / fpl;
-    const size_t per_thread = (lines > 0 ? lines : 1) * fpl; /* whole lines */
-    hw_shared s = {.m = m, .cfg = cfg, .rounds = (n + T - 1) / T};
-    atomic_init(&s.ticket, 0);
-    bool have_lock = false;
+    petreli_hw_engine *engine = NULL;
     uint32_t *perm = petrel_malloc((size_t)n * sizeof *perm);
-    hw_worker *wk = petrel_calloc((size_t)T, sizeof *wk);
-    petrel_thread **th = petrel_calloc((size_t)T, sizeof *th);
-    /* one line more, to start the first thread's scratch on a line boundary */
-    float *scratch = petrel_calloc((size_t)T * per_thread + fpl, sizeof *scratch);
-    petrel_err err = PETREL_ERR_NOMEM;
-    if (!perm || !wk || !th || !scratch) goto done;
-    if (pthread_mutex_init(&s.lock, NULL) != 0) goto done;
-    have_lock = true;
-    s.perm = perm;
-    float *first = scratch + (fpl - ((uintptr_t)scratch / sizeof(float)) % fpl) % fpl;
-
-    for (int64_t e = 0; e < cfg->epochs; e++) {
-        for (int64_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
-        if (cfg->shuffle) {
-            petrel_rng rng;
-            petrel_rng_seed(&rng, cfg->seed ^ (EPOCH_MIX * (uint64_t)(e + 1)));
-            petrel_rng_shuffle_u32(&rng, perm, (size_t)n);
-        }
-        s.epoch = e;
-        s.lr = cfg->lr * powf(cfg->decay, (float)e);
-        atomic_store_explicit(&s.ticket, 0, memory_order_relaxed);
-        for (int t = 0; t < T; t++)
-            wk[t] = (hw_worker){.s = &s,
-                                .id = t,
-                                .begin = (int64_t)t * n / T,
-                                .end = (int64_t)(t + 1) * n / T,
-                                .scratch = first + (size_t)t * per_thread};
-
+    petrel_err err = perm ? petreli_hw_engine_new(&engine, m, cfg) : PETREL_ERR_NOMEM;
+    for (int64_t e = 0; e < cfg->epochs && err == PETREL_OK; e++) {
+        if (cfg->shuffle)
+            petrel_epoch_order(perm, n, cfg->seed, e);
+        else
+            for (int64_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
         double t0 = petrel_now_s();
-        if (T == 1) {
-            hw_worker_main(&wk[0]);
-        } else {
-            int started = 0;
-            for (; started < T; started++)
-                if ((err = petrel_thread_start(&th[started], hw_worker_main, &wk[started]))) break;
-            if (started < T) {
-                /* Round-robin threads would wait forever for a missing thread's
-                 * turn: pass those turns on from here until the started ones end. */
-                const uint64_t total = (uint64_t)s.rounds * (uint64_t)T;
-                for (uint64_t tk;
-                     cfg->mode == PETREL_HOGWILD_ROUND_ROBIN &&
-                     (tk = atomic_load_explicit(&s.ticket, memory_order_acquire)) < total;)
-                    if (tk % (uint64_t)T >= (uint64_t)started)
-                        atomic_store_explicit(&s.ticket, tk + 1, memory_order_release);
-                    else
-                        sched_yield();
-                for (int t = 0; t < started; t++) petrel_thread_join(th[t], NULL);
-                goto done;
-            }
-            for (int t = 0; t < T; t++) petrel_thread_join(th[t], NULL);
-        }
+        petreli_hw_tally t;
+        if ((err = petreli_hw_pass(engine, perm, n, e, petreli_hw_lr(cfg, e), &t)) != PETREL_OK)
+            break;
         double secs = petrel_now_s() - t0;
-
         petrel_hogwild_epoch *ep = &epochs[e];
         *ep = (petrel_hogwild_epoch){.test_accuracy = NAN, .train_rmse = NAN, .test_rmse = NAN};
-        double loss = 0;
-        int64_t nnz = 0;
-        for (int t = 0; t < T; t++)
-            loss += wk[t].loss, nnz += wk[t].nnz, ep->samples += wk[t].samples;
-        ep->train_loss = ep->samples ? loss / (double)ep->samples : NAN;
+        ep->samples = t.samples;
+        ep->train_loss = t.samples ? t.loss / (double)t.samples : NAN;
         ep->seconds = secs;
-        ep->samples_per_sec = secs > 0 ? (double)ep->samples / secs : INFINITY;
-        ep->nnz_per_sec = secs > 0 ? (double)nnz / secs : INFINITY;
+        ep->samples_per_sec = secs > 0 ? (double)t.samples / secs : INFINITY;
+        ep->nnz_per_sec = secs > 0 ? (double)t.nnz / secs : INFINITY;
         if (m->evaluate) m->evaluate(m->ctx, e, ep);
     }
-    err = PETREL_OK;
-
-done:
-    if (have_lock) pthread_mutex_destroy(&s.lock);
-    petrel_free(scratch);
-    petrel_free(th);
-    petrel_free(wk);
+    petreli_hw_engine_free(engine);
     petrel_free(perm);
     return err;
+}
+
+float petreli_hw_lr(const petrel_hogwild_config *cfg, int64_t epoch) {
+    return cfg->lr * powf(cfg->decay, (float)epoch);
 }
 
 void petrel_hogwild_result_fini(petrel_hogwild_result *r) {

@@ -34,6 +34,53 @@ typedef struct petreli_hw_model {
 petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hogwild_config *cfg,
                           petrel_hogwild_epoch *epochs);
 
+/* What a pass did: the sum of the samples' progressive losses, the nonzeros
+ * processed, the samples. */
+typedef struct petreli_hw_tally {
+    double loss;
+    int64_t nnz, samples;
+} petreli_hw_tally;
+
+/* The engine without the epochs, for a caller that feeds it samples in passes of
+ * its own (Hogwild! threads inside a parameter-server worker, ps_train.c): the
+ * threads' scratch, made once. m and cfg are borrowed until the engine is freed;
+ * m->ctx may change between passes. */
+typedef struct petreli_hw_engine petreli_hw_engine;
+petrel_err petreli_hw_engine_new(petreli_hw_engine **out, const petreli_hw_model *m,
+                                 const petrel_hogwild_config *cfg);
+void petreli_hw_engine_free(petreli_hw_engine *e);
+/* One pass over samples order[0 .. n-1] with cfg->threads threads, each over its own
+ * contiguous part, in cfg->mode, steps of lr; epoch is only passed on to the
+ * on_sample callback. Errors: PETREL_ERR_NOMEM (a thread that could not start). */
+petrel_err petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
+                           float lr, petreli_hw_tally *out);
+/* The engine's step size in epoch: lr * decay^epoch. */
+float petreli_hw_lr(const petrel_hogwild_config *cfg, int64_t epoch);
+
+/* The models' step functions and their contexts, for callers that keep the weights
+ * themselves. Linear (logreg, svm, softmax): sample i is row i of X with label
+ * y[i]; w is (dim) or, for softmax, (dim, classes), so that a feature's weights
+ * are one row. Scratch: classes floats. */
+typedef struct petreli_hw_linear {
+    const petrel_csr *X;
+    const int32_t *y;
+    petrel_hogwild_model model;
+    float l2;
+    int64_t dim, classes; /* D; C for softmax, else 1 */
+    _Atomic float *w;
+} petreli_hw_linear;
+double petreli_hw_linear_step(void *ctx, float *scratch, int64_t i, float lr, int64_t *nnz);
+
+/* Matrix factorization: sample i is rating i of ratings; L (users, rank),
+ * R (items, rank). Scratch: 2 rank floats. */
+typedef struct petreli_hw_mf {
+    const petrel_ratings *ratings;
+    int64_t rank;
+    float l2;
+    _Atomic float *L, *R;
+} petreli_hw_mf;
+double petreli_hw_mf_step(void *ctx, float *scratch, int64_t i, float lr, int64_t *nnz);
+
 /* PETREL_ERR_INVALID, with a message naming fn, when threads, epochs, lr, decay, l2
  * or the mode are out of range (hogwild.h lists the ranges). */
 petrel_err petreli_hw_check_config(const petrel_hogwild_config *c, const char *fn);

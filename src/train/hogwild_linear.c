@@ -10,13 +10,9 @@
 
 #include <math.h>
 
+/* The step's context first, so that a lin_model is also a petreli_hw_linear. */
 typedef struct lin_model {
-    const petrel_csr *X; /* train rows (n, D) */
-    const int32_t *y;    /* n labels */
-    petrel_hogwild_model model;
-    float l2;
-    int64_t dim, classes; /* D; C for softmax, else 1 */
-    _Atomic float *w;     /* logreg/svm (D); softmax (D, C) */
+    petreli_hw_linear step;
     const petrel_dataset *test;
     petrel_hogwild_result *out; /* weights copied out after each epoch */
 } lin_model;
@@ -29,8 +25,8 @@ static double softplus(double t) {
 /* One SGD step on row i; returns the row's loss before the step.
  * x (nnz entries of row i), w (D) or (D, C): w_j -= lr (g x_j + l2 w_j) on the
  * touched coordinates j only. z: softmax scratch, C logits. */
-static double lin_step(void *ctx, float *z, int64_t i, float lr, int64_t *nnz) {
-    const lin_model *s = ctx;
+double petreli_hw_linear_step(void *ctx, float *z, int64_t i, float lr, int64_t *nnz) {
+    const petreli_hw_linear *s = ctx;
     const petrel_csr *X = s->X;
     const int64_t b = X->row_ptr[i], e = X->row_ptr[i + 1];
     const int32_t *col = X->col;
@@ -123,10 +119,10 @@ double petrel_hogwild_accuracy(const petrel_hogwild_result *r, const petrel_data
 static void lin_evaluate(void *ctx, int64_t e, petrel_hogwild_epoch *ep) {
     (void)e;
     const lin_model *s = ctx;
-    const int64_t D = s->dim, C = s->classes;
+    const int64_t D = s->step.dim, C = s->step.classes;
     float *out = s->out->weights;
     for (int64_t j = 0; j < D; j++)
-        for (int64_t c = 0; c < C; c++) out[c * D + j] = petreli_wload(s->w + j * C + c);
+        for (int64_t c = 0; c < C; c++) out[c * D + j] = petreli_wload(s->step.w + j * C + c);
     ep->test_accuracy = s->test ? petrel_hogwild_accuracy(s->out, s->test) : NAN;
 }
 
@@ -167,30 +163,30 @@ petrel_err petrel_hogwild_train(const petrel_dataset *train, const petrel_datase
     const int64_t D = train->dim;
     const int64_t C = cfg.model == PETREL_HOGWILD_SOFTMAX ? train->num_classes : 1;
     petrel_hogwild_result out = {.model = cfg.model, .epochs = cfg.epochs, .rows = C, .dim = D};
-    lin_model s = {.X = &train->sparse,
-                   .y = train->y,
-                   .model = cfg.model,
-                   .l2 = cfg.l2,
-                   .dim = D,
-                   .classes = C,
+    lin_model s = {.step = {.X = &train->sparse,
+                            .y = train->y,
+                            .model = cfg.model,
+                            .l2 = cfg.l2,
+                            .dim = D,
+                            .classes = C},
                    .test = test,
                    .out = &out};
     /* All-zero bits are 0.0f: calloc initializes the atomic floats. */
-    s.w = petrel_calloc((size_t)(D * C), sizeof *s.w);
+    _Atomic float *w = s.step.w = petrel_calloc((size_t)(D * C), sizeof *w);
     out.epoch = petrel_calloc((size_t)cfg.epochs, sizeof *out.epoch);
     out.weights = petrel_calloc((size_t)(D * C), sizeof *out.weights);
     err = PETREL_ERR_NOMEM;
-    if (!s.w || !out.epoch || !out.weights) goto fail;
+    if (!w || !out.epoch || !out.weights) goto fail;
     petreli_hw_model m = {
-        .ctx = &s, .step = lin_step, .scratch = (size_t)C, .evaluate = lin_evaluate};
+        .ctx = &s, .step = petreli_hw_linear_step, .scratch = (size_t)C, .evaluate = lin_evaluate};
     if ((err = petreli_hw_run(&m, train->n, &cfg, out.epoch)) != PETREL_OK) goto fail;
-    petrel_free((void *)s.w);
+    petrel_free((void *)w);
     *r = out;
     return PETREL_OK;
 
 fail:
     petrel_free(out.weights);
     petrel_free(out.epoch);
-    petrel_free((void *)s.w);
+    petrel_free((void *)w);
     return err;
 }

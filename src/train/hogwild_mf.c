@@ -15,22 +15,21 @@
 /* Factor initialization stream: cfg.seed ^ INIT_MIX ("mf"). */
 #define INIT_MIX 0x6d66u
 
+/* The step's context first, so that an mf_model is also a petreli_hw_mf. */
 typedef struct mf_model {
-    const petrel_ratings *train, *test;
-    int64_t rank;
-    float l2;
-    _Atomic float *L, *R; /* (users, rank), (items, rank) */
+    petreli_hw_mf step;
+    const petrel_ratings *test;
     petrel_hogwild_result *out;
 } mf_model;
 
 /* One SGD step on rating i: l = L_u, r = R_i (rank each), read into a and b
  * (scratch, 2 rank floats) before either is written; e = a . b - rating;
  * l -= lr (e b + l2 a), r -= lr (e a + l2 b). Returns e^2. */
-static double mf_step(void *ctx, float *ab, int64_t i, float lr, int64_t *nnz) {
-    const mf_model *m = ctx;
+double petreli_hw_mf_step(void *ctx, float *ab, int64_t i, float lr, int64_t *nnz) {
+    const petreli_hw_mf *m = ctx;
     const int64_t K = m->rank;
-    _Atomic float *l = m->L + (int64_t)m->train->user[i] * K;
-    _Atomic float *r = m->R + (int64_t)m->train->item[i] * K;
+    _Atomic float *l = m->L + (int64_t)m->ratings->user[i] * K;
+    _Atomic float *r = m->R + (int64_t)m->ratings->item[i] * K;
     float *a = ab, *b = ab + K;
     float pred = 0;
     for (int64_t k = 0; k < K; k++) {
@@ -38,7 +37,7 @@ static double mf_step(void *ctx, float *ab, int64_t i, float lr, int64_t *nnz) {
         b[k] = petreli_wload(r + k);
         pred += a[k] * b[k];
     }
-    const float e = pred - m->train->rating[i], l2 = m->l2;
+    const float e = pred - m->ratings->rating[i], l2 = m->l2;
     for (int64_t k = 0; k < K; k++) {
         petreli_wstore(l + k, a[k] - lr * (e * b[k] + l2 * a[k]));
         petreli_wstore(r + k, b[k] - lr * (e * a[k] + l2 * b[k]));
@@ -67,11 +66,11 @@ double petrel_hogwild_rmse(const petrel_hogwild_result *r, const petrel_ratings 
 static void mf_evaluate(void *ctx, int64_t e, petrel_hogwild_epoch *ep) {
     (void)e;
     const mf_model *m = ctx;
-    const int64_t K = m->rank, users = m->out->users, items = m->out->items;
+    const int64_t K = m->step.rank, users = m->out->users, items = m->out->items;
     float *w = m->out->weights;
-    for (int64_t k = 0; k < users * K; k++) w[k] = petreli_wload(m->L + k);
-    for (int64_t k = 0; k < items * K; k++) w[users * K + k] = petreli_wload(m->R + k);
-    ep->train_rmse = petrel_hogwild_rmse(m->out, m->train);
+    for (int64_t k = 0; k < users * K; k++) w[k] = petreli_wload(m->step.L + k);
+    for (int64_t k = 0; k < items * K; k++) w[users * K + k] = petreli_wload(m->step.R + k);
+    ep->train_rmse = petrel_hogwild_rmse(m->out, m->step.ratings);
     ep->test_rmse = m->test ? petrel_hogwild_rmse(m->out, m->test) : NAN;
 }
 
@@ -127,14 +126,14 @@ petrel_err petrel_hogwild_train_mf(const petrel_ratings *train, const petrel_rat
                                  .dim = K,
                                  .users = users,
                                  .items = items};
-    mf_model m = {.train = train, .test = test, .rank = K, .l2 = cfg.l2, .out = &out};
+    mf_model m = {.step = {.ratings = train, .rank = K, .l2 = cfg.l2}, .test = test, .out = &out};
     _Atomic float *w = petrel_malloc(floats * sizeof *w);
     out.epoch = petrel_calloc((size_t)cfg.epochs, sizeof *out.epoch);
     out.weights = petrel_calloc(floats, sizeof *out.weights);
     err = PETREL_ERR_NOMEM;
     if (!w || !out.epoch || !out.weights) goto fail;
-    m.L = w;
-    m.R = w + users * K;
+    m.step.L = w;
+    m.step.R = w + users * K;
     /* Uniform in [-1/sqrt(K), 1/sqrt(K)): first predictions of variance 1/(9K), and
      * rows in all directions. An all-positive start, uniform [0, 1/sqrt(K)), puts
      * every row near the direction (1, .., 1), a saddle that held SGD on zero-mean
@@ -147,7 +146,7 @@ petrel_err petrel_hogwild_train_mf(const petrel_ratings *train, const petrel_rat
         atomic_init(&w[k], scale * (2 * petrel_rng_uniform(&rng) - 1));
 
     petreli_hw_model hm = {
-        .ctx = &m, .step = mf_step, .scratch = 2 * (size_t)K, .evaluate = mf_evaluate};
+        .ctx = &m, .step = petreli_hw_mf_step, .scratch = 2 * (size_t)K, .evaluate = mf_evaluate};
     if ((err = petreli_hw_run(&hm, train->n, &cfg, out.epoch)) != PETREL_OK) goto fail;
     petrel_free((void *)w);
     *r = out;

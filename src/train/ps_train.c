@@ -1,18 +1,15 @@
 /*
  * Training through the parameter server: one worker loop (a clock per mini-batch,
  * a straggler knob, per-clock metrics, evaluation by worker 0 after each epoch)
- * around three apps that differ only in their tables and their step:
- *   model   any petrel_model (the MLP): its flat parameter buffer cut into dense
- *           rows of ROW_FLOATS; the server applies the optimizer to gradients;
- *   logreg  sparse logistic (2 classes, 1 column) or softmax (C columns) regression
- *           over libsvm features: a sparse table keyed by feature index;
- *   mf      matrix factorization: dense tables of user and item factors.
+ * around apps that differ only in their tables and their step (ps_train_impl.h):
+ *   model   any petrel_model (the MLP), here: its flat parameter buffer cut into
+ *           dense rows of ROW_FLOATS; the server applies the optimizer to gradients;
+ *   logreg  sparse logistic or softmax regression (ps_logreg.c);
+ *   mf      matrix factorization (ps_mf.c).
  * Every node calls the same entry point; servers and rank 0 serve until the
  * workers are done.
  */
-#include "petrel/ps.h"
-#include "petrel/train.h"
-#include "train_impl.h"
+#include "ps_train_impl.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -28,27 +25,9 @@ petrel_ps_train_config petrel_ps_train_config_default(void) {
                                     .straggler = -1,
                                     .straggler_factor = 1.0,
                                     .mf_rank = 16,
-                                    .mf_l2 = 0.02f};
+                                    .mf_l2 = 0.02f,
+                                    .hogwild = NULL};
 }
-
-/* ---- the app interface ------------------------------------------------------------- */
-
-typedef struct app app;
-struct app {
-    const char *name;
-    petrel_batcher *batcher; /* this worker's shard, for the apps that batch a dataset */
-    /* Batches this worker runs in epoch (it starts the epoch's shard). */
-    int64_t (*start_epoch)(app *a, int64_t epoch);
-    /* Passes over the next mini-batch (a resumed run skips the clocks it has). */
-    void (*skip)(app *a);
-    /* One mini-batch: read, compute, push. *loss is its mean loss, *samples its size. */
-    petrel_err (*step)(app *a, petrel_ps_worker *w, double *loss, int64_t *samples);
-    /* Worker 0 after each epoch: test metrics (NAN when there is no test set). */
-    petrel_err (*evaluate)(app *a, petrel_ps_worker *w, double *accuracy, double *loss);
-    /* Worker 0 before anyone trains: initial values (may be NULL). */
-    petrel_err (*init)(app *a, petrel_ps_worker *w);
-    const char *loss_name;
-};
 
 static void sleep_s(double s) {
     if (s <= 0) return;
@@ -57,8 +36,9 @@ static void sleep_s(double s) {
 }
 
 /* The worker loop shared by every app. */
-static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, app *a, const petrel_train_config *cfg,
-                       petrel_ps_train_config pc, int worker, petrel_train_result *r) {
+static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, petreli_ps_app *a,
+                       const petrel_train_config *cfg, petrel_ps_train_config pc, int worker,
+                       petrel_train_result *r) {
     petrel_metrics *mf = NULL;
     petrel_err err = PETREL_OK;
     if (cfg->out_dir) {
@@ -85,7 +65,10 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, app *a, const petrel_
         petrel_metrics_int(mf, "straggler", pc.straggler);
         petrel_metrics_num(mf, "straggler_factor", pc.straggler_factor);
         petrel_metrics_int(mf, "batch", cfg->batch);
-        petrel_metrics_num(mf, "lr", cfg->optim.lr);
+        petrel_metrics_int(mf, "threads", pc.hogwild ? pc.hogwild->threads : 1);
+        if (pc.hogwild)
+            petrel_metrics_str(mf, "hogwild", petrel_hogwild_mode_name(pc.hogwild->mode));
+        petrel_metrics_num(mf, "lr", pc.hogwild ? pc.hogwild->lr : cfg->optim.lr);
         err = petrel_metrics_end(mf);
     }
     double t_start = petrel_now_s(), busy = 0;
@@ -193,10 +176,8 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, app *a, const petrel_
     return err;
 }
 
-/* Every node, after the app's tables exist: worker 0 sets the initial values while
- * the others wait at a barrier; then servers serve and workers train. */
-static petrel_err run(petrel_ps *ps, app *a, const petrel_train_config *cfg,
-                      petrel_ps_train_config pc, petrel_train_result *r) {
+petrel_err petreli_ps_run(petrel_ps *ps, petreli_ps_app *a, const petrel_train_config *cfg,
+                          petrel_ps_train_config pc, petrel_train_result *r) {
     int worker = petrel_ps_worker_index(ps);
     petrel_ps_worker *w = NULL;
     petrel_err err = PETREL_OK;
@@ -223,19 +204,61 @@ static petrel_ps_rule rule_of(petrel_optim_kind kind) {
     }
 }
 
-static petrel_ps_table_spec dense_spec(int64_t rows, int64_t cols, const petrel_train_config *cfg,
-                                       petrel_ps_train_config pc) {
-    petrel_ps_table_spec s = petrel_ps_table_spec_default(PETREL_PS_DENSE, rows, cols);
-    s.rule = rule_of(cfg->optim.kind);
+petrel_ps_table_spec petreli_ps_spec(petrel_ps_kind kind, int64_t rows, int64_t cols,
+                                     const petrel_train_config *cfg, petrel_ps_train_config pc) {
+    petrel_ps_table_spec s = petrel_ps_table_spec_default(kind, rows, cols);
+    s.rule = pc.hogwild ? PETREL_PS_SUM : rule_of(cfg->optim.kind);
     s.optim = cfg->optim;
     s.sync = pc.sync;
     return s;
 }
 
+int64_t petreli_ps_clock_samples(const petrel_train_config *cfg, petrel_ps_train_config pc) {
+    return cfg->batch * (pc.hogwild ? pc.hogwild->threads : 1);
+}
+
+int64_t petreli_ps_batcher_start_epoch(petreli_ps_app *a, int64_t epoch) {
+    petrel_batcher_start_epoch(a->batcher, epoch);
+    return petrel_batcher_batches_per_epoch(a->batcher);
+}
+
+void petreli_ps_batcher_skip(petreli_ps_app *a) {
+    const uint32_t *idx;
+    (void)petrel_batcher_next_indices(a->batcher, &idx);
+}
+
+petrel_err petreli_ps_batcher(const petrel_ps *ps, const petrel_dataset *d,
+                              const petrel_train_config *cfg, int64_t batch, petrel_batcher **out) {
+    petrel_batcher_config bc = petrel_batcher_config_default();
+    bc.batch = batch;
+    bc.shuffle = cfg->shuffle;
+    bc.seed = cfg->seed;
+    bc.rank = petrel_ps_worker_index(ps);
+    bc.size = petrel_ps_workers(ps);
+    return petrel_batcher_new(out, d, bc);
+}
+
+void petreli_ps_replica_load(_Atomic float *replica, int64_t cols, const uint64_t *keys, int64_t n,
+                             const float *base) {
+    for (int64_t i = 0; i < n; i++) {
+        _Atomic float *row = replica + (int64_t)keys[i] * cols;
+        for (int64_t c = 0; c < cols; c++) petreli_wstore(row + c, base[i * cols + c]);
+    }
+}
+
+void petreli_ps_replica_delta(_Atomic float *replica, int64_t cols, const uint64_t *keys, int64_t n,
+                              const float *base, float *delta) {
+    for (int64_t i = 0; i < n; i++) {
+        _Atomic float *row = replica + (int64_t)keys[i] * cols;
+        for (int64_t c = 0; c < cols; c++)
+            delta[i * cols + c] = petreli_wload(row + c) - base[i * cols + c];
+    }
+}
+
 /* ---- model: a petrel_model's flat parameters in one dense table ------------------------- */
 
 typedef struct model_app {
-    app base;
+    petreli_ps_app base;
     petrel_model *m;
     const petrel_dataset *train, *test;
     const petrel_train_config *cfg;
@@ -248,29 +271,6 @@ typedef struct model_app {
     float tail[ROW_FLOATS]; /* the last row, when numel is not a whole number of rows */
     uint32_t table;
 } model_app;
-
-static int64_t batcher_start_epoch(app *a, int64_t epoch) {
-    petrel_batcher_start_epoch(a->batcher, epoch);
-    return petrel_batcher_batches_per_epoch(a->batcher);
-}
-
-static void batcher_skip(app *a) {
-    const uint32_t *idx;
-    (void)petrel_batcher_next_indices(a->batcher, &idx);
-}
-
-/* This worker's shard of d in batches of cfg->batch, ordered as the single-process
- * trainer orders them. */
-static petrel_err worker_batcher(const petrel_ps *ps, const petrel_dataset *d,
-                                 const petrel_train_config *cfg, petrel_batcher **out) {
-    petrel_batcher_config bc = petrel_batcher_config_default();
-    bc.batch = cfg->batch;
-    bc.shuffle = cfg->shuffle;
-    bc.seed = cfg->seed;
-    bc.rank = petrel_ps_worker_index(ps);
-    bc.size = petrel_ps_workers(ps);
-    return petrel_batcher_new(out, d, bc);
-}
 
 enum { ROWS_GET, ROWS_INC, ROWS_SET };
 
@@ -301,7 +301,8 @@ static petrel_err model_rows(model_app *ma, petrel_ps_worker *w, int op, float *
                           : petrel_ps_set_rows(w, ma->table, ma->keys + full, 1, ma->tail);
 }
 
-static petrel_err model_step(app *a, petrel_ps_worker *w, double *loss, int64_t *samples) {
+static petrel_err model_step(petreli_ps_app *a, petrel_ps_worker *w, double *loss,
+                             int64_t *samples) {
     model_app *ma = (model_app *)a;
     petrel_err err = model_rows(ma, w, ROWS_GET, petrel_params_data(ma->m->params));
     if (err != PETREL_OK) return err;
@@ -314,7 +315,8 @@ static petrel_err model_step(app *a, petrel_ps_worker *w, double *loss, int64_t 
     return n > 0 ? model_rows(ma, w, ROWS_INC, petrel_params_grad(ma->m->params)) : PETREL_OK;
 }
 
-static petrel_err model_evaluate(app *a, petrel_ps_worker *w, double *accuracy, double *loss) {
+static petrel_err model_evaluate(petreli_ps_app *a, petrel_ps_worker *w, double *accuracy,
+                                 double *loss) {
     model_app *ma = (model_app *)a;
     if (!ma->test) return PETREL_OK;
     petrel_err err = model_rows(ma, w, ROWS_GET, petrel_params_data(ma->m->params));
@@ -323,7 +325,7 @@ static petrel_err model_evaluate(app *a, petrel_ps_worker *w, double *accuracy, 
     return err;
 }
 
-static petrel_err model_init(app *a, petrel_ps_worker *w) {
+static petrel_err model_init(petreli_ps_app *a, petrel_ps_worker *w) {
     model_app *ma = (model_app *)a;
     return model_rows(ma, w, ROWS_SET, petrel_params_data(ma->m->params));
 }
@@ -331,12 +333,17 @@ static petrel_err model_init(app *a, petrel_ps_worker *w) {
 petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m, const petrel_dataset *train,
                            const petrel_dataset *test, const petrel_train_config *cfg,
                            petrel_ps_train_config pc, petrel_train_result *r) {
+    if (pc.hogwild)
+        return petrel_error_set(PETREL_ERR_INVALID,
+                                "ps %s: Hogwild! threads train logreg, svm, softmax or mf; "
+                                "a model's gradients come from mini-batches",
+                                m->name);
     petrel_err err = petreli_check_fit(m, train, "training set");
     if (err == PETREL_OK && test) err = petreli_check_fit(m, test, "test set");
     if (err != PETREL_OK) return err;
     model_app ma = {.base = {.name = m->name,
-                             .start_epoch = batcher_start_epoch,
-                             .skip = batcher_skip,
+                             .start_epoch = petreli_ps_batcher_start_epoch,
+                             .skip = petreli_ps_batcher_skip,
                              .step = model_step,
                              .evaluate = model_evaluate,
                              .init = model_init,
@@ -347,11 +354,11 @@ petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m, const petrel_dataset 
                     .cfg = cfg};
     ma.numel = petrel_params_numel(m->params);
     ma.rows = (int64_t)((ma.numel + ROW_FLOATS - 1) / ROW_FLOATS);
-    petrel_ps_table_spec spec = dense_spec(ma.rows, ROW_FLOATS, cfg, pc);
+    petrel_ps_table_spec spec = petreli_ps_spec(PETREL_PS_DENSE, ma.rows, ROW_FLOATS, cfg, pc);
     err = petrel_ps_table_create(ps, &spec, &ma.table);
     int worker = petrel_ps_worker_index(ps);
     if (err == PETREL_OK && worker >= 0) {
-        err = worker_batcher(ps, train, cfg, &ma.base.batcher);
+        err = petreli_ps_batcher(ps, train, cfg, cfg->batch, &ma.base.batcher);
         ma.x = petrel_malloc((size_t)(cfg->batch * m->in_dim) * sizeof(float));
         ma.y = petrel_malloc((size_t)cfg->batch * sizeof(int32_t));
         ma.keys = petrel_malloc((size_t)ma.rows * sizeof(uint64_t));
@@ -359,354 +366,11 @@ petrel_err petrel_train_ps(petrel_ps *ps, petrel_model *m, const petrel_dataset 
         if (err == PETREL_OK) err = petrel_graph_new(&ma.g, 0);
         for (int64_t i = 0; err == PETREL_OK && i < ma.rows; i++) ma.keys[i] = (uint64_t)i;
     }
-    if (err == PETREL_OK) err = run(ps, &ma.base, cfg, pc, r);
+    if (err == PETREL_OK) err = petreli_ps_run(ps, &ma.base, cfg, pc, r);
     petrel_graph_free(ma.g);
     petrel_batcher_free(ma.base.batcher);
     petrel_free(ma.x);
     petrel_free(ma.y);
     petrel_free(ma.keys);
-    return err;
-}
-
-/* ---- logreg: sparse logistic or softmax regression --------------------------------------- */
-
-typedef struct logreg_app {
-    app base;
-    const petrel_dataset *train, *test;
-    int64_t classes, cols; /* cols: 1 for two classes (logistic), else classes */
-    int32_t *slot_of;      /* dim: a feature's index in keys, or -1 */
-    uint64_t *keys;        /* the batch's distinct features */
-    float *w, *grad;       /* keys x cols */
-    float *z;              /* classes */
-    int32_t *y;
-    uint32_t table;
-} logreg_app;
-
-/* The class scores of sample i of x into z (cols); index maps a feature to its row
- * of w (NULL: the feature is the row). */
-static void logreg_scores(const logreg_app *la, const petrel_csr *x, int64_t i, const float *w,
-                          const int32_t *index, float *z) {
-    int64_t cols = la->cols;
-    for (int64_t c = 0; c < cols; c++) z[c] = 0;
-    for (int64_t k = x->row_ptr[i]; k < x->row_ptr[i + 1]; k++) {
-        const float *row = w + (int64_t)(index ? index[x->col[k]] : x->col[k]) * cols;
-        for (int64_t c = 0; c < cols; c++) z[c] += x->val[k] * row[c];
-    }
-}
-
-/* The loss of scores z for label; z becomes its gradient dloss/dz. One column is
- * logistic regression (p = sigmoid(z)), more are softmax. */
-static double logreg_loss(int64_t cols, float *z, int32_t label) {
-    if (cols == 1) {
-        double p = 1.0 / (1.0 + exp(-(double)z[0]));
-        double loss = label ? log1p(exp(-(double)z[0])) : log1p(exp((double)z[0]));
-        z[0] = (float)(p - label);
-        return loss;
-    }
-    float top = z[0];
-    for (int64_t c = 1; c < cols; c++) top = fmaxf(top, z[c]);
-    double sum = 0;
-    for (int64_t c = 0; c < cols; c++) sum += exp((double)(z[c] - top));
-    double loss = log(sum) - (double)(z[label] - top);
-    for (int64_t c = 0; c < cols; c++)
-        z[c] = (float)(exp((double)(z[c] - top)) / sum) - (c == label);
-    return loss;
-}
-
-static petrel_err logreg_step(app *a, petrel_ps_worker *w, double *loss, int64_t *samples) {
-    logreg_app *la = (logreg_app *)a;
-    const petrel_csr *x;
-    int64_t n = petrel_batcher_next_sparse(la->base.batcher, &x, la->y), k = 0;
-    *samples = n;
-    *loss = 0;
-    if (n <= 0) return PETREL_OK;
-    for (int64_t e = 0; e < x->row_ptr[n]; e++) { /* the batch's distinct features */
-        int32_t f = x->col[e];
-        if (la->slot_of[f] < 0) {
-            la->slot_of[f] = (int32_t)k;
-            la->keys[k++] = (uint64_t)f;
-        }
-    }
-    petrel_err err = petrel_ps_get_rows(w, la->table, la->keys, k, la->w);
-    memset(la->grad, 0, (size_t)(k * la->cols) * sizeof(float));
-    double total = 0;
-    for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
-        logreg_scores(la, x, i, la->w, la->slot_of, la->z);
-        total += logreg_loss(la->cols, la->z, la->y[i]);
-        for (int64_t e = x->row_ptr[i]; e < x->row_ptr[i + 1]; e++) {
-            float *g = la->grad + (int64_t)la->slot_of[x->col[e]] * la->cols;
-            for (int64_t c = 0; c < la->cols; c++) g[c] += x->val[e] * la->z[c] / (float)n;
-        }
-    }
-    for (int64_t i = 0; i < k; i++) la->slot_of[la->keys[i]] = -1;
-    *loss = total / (double)n;
-    return err == PETREL_OK ? petrel_ps_inc_rows(w, la->table, la->keys, k, la->grad) : err;
-}
-
-static petrel_err logreg_evaluate(app *a, petrel_ps_worker *w, double *accuracy, double *loss) {
-    logreg_app *la = (logreg_app *)a;
-    if (!la->test) return PETREL_OK;
-    int64_t dim = la->train->dim;
-    uint64_t *keys = petrel_malloc((size_t)dim * sizeof *keys);
-    float *weights = petrel_malloc((size_t)(dim * la->cols) * sizeof *weights);
-    petrel_err err = keys && weights ? PETREL_OK : PETREL_ERR_NOMEM;
-    for (int64_t f = 0; f < dim && err == PETREL_OK; f++) keys[f] = (uint64_t)f;
-    if (err == PETREL_OK) err = petrel_ps_get_rows(w, la->table, keys, dim, weights);
-    const petrel_csr *x = &la->test->sparse;
-    double hits = 0, total = 0;
-    for (int64_t i = 0; i < la->test->n && err == PETREL_OK; i++) {
-        int32_t label = la->test->y[i];
-        logreg_scores(la, x, i, weights, NULL, la->z);
-        int64_t best = la->cols == 1 ? la->z[0] > 0 : 0;
-        for (int64_t c = 1; c < la->cols; c++)
-            if (la->z[c] > la->z[best]) best = c;
-        hits += best == label;
-        total += logreg_loss(la->cols, la->z, label);
-    }
-    if (err == PETREL_OK) {
-        *accuracy = hits / (double)la->test->n;
-        *loss = total / (double)la->test->n;
-    }
-    petrel_free(keys);
-    petrel_free(weights);
-    return err;
-}
-
-petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
-                                  const petrel_dataset *test, const petrel_train_config *cfg,
-                                  petrel_ps_train_config pc, petrel_train_result *r) {
-    if (!petrel_dataset_is_sparse(train) || (test && !petrel_dataset_is_sparse(test)))
-        return petrel_error_set(PETREL_ERR_INVALID, "ps logreg: wants sparse (libsvm) data");
-    int64_t classes = train->num_classes;
-    if (test && test->num_classes > classes) classes = test->num_classes;
-    if (classes < 2 || classes > 1024)
-        return petrel_error_set(PETREL_ERR_INVALID, "ps logreg: %lld classes (2..1024 supported)",
-                                (long long)classes);
-    if (test && test->dim > train->dim)
-        return petrel_error_set(PETREL_ERR_INVALID,
-                                "ps logreg: the test set has %lld features, the training set %lld",
-                                (long long)test->dim, (long long)train->dim);
-    logreg_app la = {.base = {.name = classes == 2 ? "logreg" : "softmax",
-                              .start_epoch = batcher_start_epoch,
-                              .skip = batcher_skip,
-                              .step = logreg_step,
-                              .evaluate = logreg_evaluate,
-                              .loss_name = "loss"},
-                     .train = train,
-                     .test = test,
-                     .classes = classes,
-                     .cols = classes == 2 ? 1 : classes};
-    petrel_ps_table_spec spec = petrel_ps_table_spec_default(PETREL_PS_SPARSE, 0, la.cols);
-    spec.rule = rule_of(cfg->optim.kind);
-    spec.optim = cfg->optim;
-    spec.sync = pc.sync;
-    spec.push = false; /* each batch touches other features */
-    petrel_err err = petrel_ps_table_create(ps, &spec, &la.table);
-    int worker = petrel_ps_worker_index(ps);
-    if (err == PETREL_OK && worker >= 0) {
-        err = worker_batcher(ps, train, cfg, &la.base.batcher);
-        int64_t most = train->dim; /* distinct features in a batch */
-        la.slot_of = petrel_malloc((size_t)train->dim * sizeof *la.slot_of);
-        la.keys = petrel_malloc((size_t)most * sizeof *la.keys);
-        la.w = petrel_malloc((size_t)(most * la.cols) * sizeof(float));
-        la.grad = petrel_malloc((size_t)(most * la.cols) * sizeof(float));
-        la.z = petrel_malloc((size_t)la.cols * sizeof(float));
-        la.y = petrel_malloc((size_t)cfg->batch * sizeof(int32_t));
-        if (err == PETREL_OK && (!la.slot_of || !la.keys || !la.w || !la.grad || !la.z || !la.y))
-            err = PETREL_ERR_NOMEM;
-        for (int64_t f = 0; err == PETREL_OK && f < train->dim; f++) la.slot_of[f] = -1;
-    }
-    if (err == PETREL_OK) err = run(ps, &la.base, cfg, pc, r);
-    petrel_batcher_free(la.base.batcher);
-    petrel_free(la.slot_of);
-    petrel_free(la.keys);
-    petrel_free(la.w);
-    petrel_free(la.grad);
-    petrel_free(la.z);
-    petrel_free(la.y);
-    return err;
-}
-
-/* ---- mf: matrix factorization ----------------------------------------------------------- */
-
-typedef struct mf_app {
-    app base;
-    const petrel_ratings *train, *test;
-    const petrel_train_config *cfg;
-    int64_t rank;
-    float l2;
-    uint32_t users_t, items_t;
-    int64_t lo, hi;  /* this worker's slice of the triplets */
-    uint32_t *order; /* the slice, shuffled per epoch */
-    int64_t next;
-    int32_t *slot_u, *slot_i; /* users, items: index in the batch's keys, or -1 */
-    uint64_t *ukeys, *ikeys;
-    float *u, *v, *gu, *gv;
-} mf_app;
-
-static int64_t mf_start_epoch(app *a, int64_t epoch) {
-    mf_app *ma = (mf_app *)a;
-    int64_t n = ma->hi - ma->lo;
-    for (int64_t i = 0; i < n; i++) ma->order[i] = (uint32_t)(ma->lo + i);
-    if (ma->cfg->shuffle) {
-        petrel_rng rng;
-        petrel_rng_seed(&rng, ma->cfg->seed ^ 0x9e3779b97f4a7c15ull * (uint64_t)(epoch + 1));
-        petrel_rng_shuffle_u32(&rng, ma->order, (size_t)n);
-    }
-    ma->next = 0;
-    return (n + ma->cfg->batch - 1) / ma->cfg->batch;
-}
-
-/* Distinct ids of a batch: their keys and each id's index among them. */
-static int64_t distinct(const int32_t *ids, const uint32_t *batch, int64_t n, int32_t *slot,
-                        uint64_t *keys) {
-    int64_t k = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int32_t id = ids[batch[i]];
-        if (slot[id] < 0) {
-            slot[id] = (int32_t)k;
-            keys[k++] = (uint64_t)id;
-        }
-    }
-    return k;
-}
-
-static void mf_skip(app *a) {
-    mf_app *ma = (mf_app *)a;
-    int64_t left = ma->hi - ma->lo - ma->next;
-    ma->next += left < ma->cfg->batch ? left : ma->cfg->batch;
-}
-
-static petrel_err mf_step(app *a, petrel_ps_worker *w, double *loss, int64_t *samples) {
-    mf_app *ma = (mf_app *)a;
-    const petrel_ratings *d = ma->train;
-    int64_t left = ma->hi - ma->lo - ma->next;
-    int64_t n = left < ma->cfg->batch ? left : ma->cfg->batch;
-    const uint32_t *batch = ma->order + ma->next;
-    ma->next += n;
-    *samples = n;
-    *loss = 0;
-    if (n <= 0) return PETREL_OK;
-    int64_t nu = distinct(d->user, batch, n, ma->slot_u, ma->ukeys);
-    int64_t ni = distinct(d->item, batch, n, ma->slot_i, ma->ikeys);
-    petrel_err err = petrel_ps_get_rows(w, ma->users_t, ma->ukeys, nu, ma->u);
-    if (err == PETREL_OK) err = petrel_ps_get_rows(w, ma->items_t, ma->ikeys, ni, ma->v);
-    int64_t R = ma->rank;
-    memset(ma->gu, 0, (size_t)(nu * R) * sizeof(float));
-    memset(ma->gv, 0, (size_t)(ni * R) * sizeof(float));
-    double se = 0;
-    for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
-        uint32_t t = batch[i];
-        const float *u = ma->u + ma->slot_u[d->user[t]] * R,
-                    *v = ma->v + ma->slot_i[d->item[t]] * R;
-        float *gu = ma->gu + ma->slot_u[d->user[t]] * R, *gv = ma->gv + ma->slot_i[d->item[t]] * R;
-        float e = d->rating[t];
-        for (int64_t k = 0; k < R; k++) e -= u[k] * v[k];
-        se += (double)e * e;
-        for (int64_t k = 0; k < R; k++) { /* d/du of (r - u.v)^2 / 2 + l2/2 (|u|^2 + |v|^2) */
-            gu[k] += -e * v[k] + ma->l2 * u[k];
-            gv[k] += -e * u[k] + ma->l2 * v[k];
-        }
-    }
-    for (int64_t i = 0; i < nu; i++) ma->slot_u[ma->ukeys[i]] = -1;
-    for (int64_t i = 0; i < ni; i++) ma->slot_i[ma->ikeys[i]] = -1;
-    *loss = se / (double)n;
-    if (err == PETREL_OK) err = petrel_ps_inc_rows(w, ma->users_t, ma->ukeys, nu, ma->gu);
-    if (err == PETREL_OK) err = petrel_ps_inc_rows(w, ma->items_t, ma->ikeys, ni, ma->gv);
-    return err;
-}
-
-/* Test RMSE (in *loss; there is no accuracy), reading the rows the test set needs. */
-static petrel_err mf_evaluate(app *a, petrel_ps_worker *w, double *accuracy, double *loss) {
-    mf_app *ma = (mf_app *)a;
-    const petrel_ratings *d = ma->test;
-    *accuracy = NAN;
-    if (!d || d->n == 0) return PETREL_OK;
-    int64_t R = ma->rank;
-    petrel_err err = PETREL_OK;
-    double se = 0;
-    enum { CHUNK = 4096 }; /* the step's buffers hold this many triplets' rows */
-    uint32_t idx[CHUNK];
-    for (int64_t lo = 0; lo < d->n && err == PETREL_OK; lo += CHUNK) {
-        int64_t n = d->n - lo < CHUNK ? d->n - lo : CHUNK;
-        for (int64_t i = 0; i < n; i++) idx[i] = (uint32_t)(lo + i);
-        int64_t nu = distinct(d->user, idx, n, ma->slot_u, ma->ukeys);
-        int64_t ni = distinct(d->item, idx, n, ma->slot_i, ma->ikeys);
-        err = petrel_ps_get_rows(w, ma->users_t, ma->ukeys, nu, ma->u);
-        if (err == PETREL_OK) err = petrel_ps_get_rows(w, ma->items_t, ma->ikeys, ni, ma->v);
-        for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
-            const float *u = ma->u + ma->slot_u[d->user[idx[i]]] * R;
-            const float *v = ma->v + ma->slot_i[d->item[idx[i]]] * R;
-            float e = d->rating[idx[i]];
-            for (int64_t k = 0; k < R; k++) e -= u[k] * v[k];
-            se += (double)e * e;
-        }
-        for (int64_t i = 0; i < nu; i++) ma->slot_u[ma->ukeys[i]] = -1;
-        for (int64_t i = 0; i < ni; i++) ma->slot_i[ma->ikeys[i]] = -1;
-    }
-    if (err == PETREL_OK) *loss = sqrt(se / (double)d->n);
-    return err;
-}
-
-petrel_err petrel_train_ps_mf(petrel_ps *ps, const petrel_ratings *train,
-                              const petrel_ratings *test, const petrel_train_config *cfg,
-                              petrel_ps_train_config pc, petrel_train_result *r) {
-    if (pc.mf_rank < 1 || pc.mf_rank > 4096)
-        return petrel_error_set(PETREL_ERR_INVALID, "ps mf: rank %d outside 1..4096", pc.mf_rank);
-    if (test && (test->users > train->users || test->items > train->items))
-        return petrel_error_set(PETREL_ERR_INVALID,
-                                "ps mf: the test set has users or items the training set lacks");
-    mf_app ma = {.base = {.name = "mf",
-                          .start_epoch = mf_start_epoch,
-                          .skip = mf_skip,
-                          .step = mf_step,
-                          .evaluate = mf_evaluate,
-                          .loss_name = "mse"},
-                 .train = train,
-                 .test = test,
-                 .cfg = cfg,
-                 .rank = pc.mf_rank,
-                 .l2 = pc.mf_l2};
-    petrel_ps_table_spec su = dense_spec(train->users, pc.mf_rank, cfg, pc);
-    su.init = PETREL_PS_INIT_UNIFORM;
-    su.init_a = 0;
-    su.init_b = 1.0f / sqrtf((float)pc.mf_rank);
-    su.init_seed = cfg->seed;
-    petrel_ps_table_spec si = su;
-    si.rows = train->items;
-    si.init_seed = cfg->seed + 1;
-    petrel_err err = petrel_ps_table_create(ps, &su, &ma.users_t);
-    if (err == PETREL_OK) err = petrel_ps_table_create(ps, &si, &ma.items_t);
-    int worker = petrel_ps_worker_index(ps);
-    if (err == PETREL_OK && worker >= 0) {
-        int workers = petrel_ps_workers(ps);
-        ma.lo = train->n * worker / workers;
-        ma.hi = train->n * (worker + 1) / workers;
-        int64_t most = cfg->batch > 4096 ? cfg->batch : 4096;
-        ma.order = petrel_malloc((size_t)(ma.hi - ma.lo + 1) * sizeof *ma.order);
-        ma.slot_u = petrel_malloc((size_t)train->users * sizeof *ma.slot_u);
-        ma.slot_i = petrel_malloc((size_t)train->items * sizeof *ma.slot_i);
-        ma.ukeys = petrel_malloc((size_t)most * sizeof *ma.ukeys);
-        ma.ikeys = petrel_malloc((size_t)most * sizeof *ma.ikeys);
-        ma.u = petrel_malloc((size_t)(most * pc.mf_rank) * sizeof(float));
-        ma.v = petrel_malloc((size_t)(most * pc.mf_rank) * sizeof(float));
-        ma.gu = petrel_malloc((size_t)(most * pc.mf_rank) * sizeof(float));
-        ma.gv = petrel_malloc((size_t)(most * pc.mf_rank) * sizeof(float));
-        if (!ma.order || !ma.slot_u || !ma.slot_i || !ma.ukeys || !ma.ikeys || !ma.u || !ma.v ||
-            !ma.gu || !ma.gv)
-            err = PETREL_ERR_NOMEM;
-        for (int64_t i = 0; err == PETREL_OK && i < train->users; i++) ma.slot_u[i] = -1;
-        for (int64_t i = 0; err == PETREL_OK && i < train->items; i++) ma.slot_i[i] = -1;
-    }
-    if (err == PETREL_OK) err = run(ps, &ma.base, cfg, pc, r);
-    petrel_free(ma.order);
-    petrel_free(ma.slot_u);
-    petrel_free(ma.slot_i);
-    petrel_free(ma.ukeys);
-    petrel_free(ma.ikeys);
-    petrel_free(ma.u);
-    petrel_free(ma.v);
-    petrel_free(ma.gu);
-    petrel_free(ma.gv);
     return err;
 }

@@ -3,9 +3,14 @@
  * threads process each sample exactly once per epoch, bad configs are refused.
  * Matrix factorization on synthetic rank-4 ratings (petrel_ratings_synth): the
  * documented start and update rule exactly, the test RMSE near the noise in every
- * mode, determinism, bad inputs refused. */
+ * mode, determinism, bad inputs refused. Hogwild! threads inside parameter-server
+ * workers (in-process jobs): one worker with one thread retraces the single-process
+ * run, and 2 workers x 2 threads learn. */
 #include "check.h"
 #include "petrel/hogwild.h"
+#include "petrel/train.h"
+
+#include <pthread.h>
 
 #include <stdatomic.h>
 #include <unistd.h>
@@ -364,6 +369,170 @@ static void test_bad_config(void) {
     CHECK(r.epochs == 42); /* untouched on failure */
 }
 
+/* ---- Hogwild! threads inside parameter-server workers ------------------------------- */
+
+enum { PS_MAX_NODES = 6 };
+
+/* A PS job of threads over the in-process transport: 1 + servers + workers nodes,
+ * each running petrel_train_ps_logreg (or _mf when rtrain is set). */
+typedef struct ps_job {
+    int servers, workers;
+    petrel_train_config tc;
+    petrel_ps_train_config pc;
+    const petrel_dataset *train, *test;
+    const petrel_ratings *rtrain, *rtest;
+    petrel_inproc_hub *hub;
+    petrel_err err[PS_MAX_NODES];
+    char msg[PS_MAX_NODES][200]; /* each node's error message */
+    petrel_train_result r[PS_MAX_NODES];
+} ps_job;
+
+typedef struct ps_node {
+    ps_job *j;
+    int rank;
+} ps_node;
+
+static void *ps_node_main(void *arg) {
+    ps_node *a = arg;
+    ps_job *j = a->j;
+    petrel_net_config nc = petrel_net_config_default();
+    nc.rank = a->rank;
+    nc.size = 1 + j->servers + j->workers;
+    nc.servers = j->servers;
+    nc.transport = PETREL_TRANSPORT_INPROC;
+    nc.inproc_hub = j->hub;
+    nc.connect_timeout_ms = 10000;
+    petrel_net *net = NULL;
+    petrel_ps *ps = NULL;
+    petrel_ps_config cfg = petrel_ps_config_default();
+    cfg.timeout_ms = 30000;
+    petrel_err err = petrel_net_start(&net, &nc);
+    if (err == PETREL_OK) err = petrel_ps_start(&ps, net, &cfg);
+    petrel_train_result *r = &j->r[a->rank];
+    if (err == PETREL_OK)
+        err = j->rtrain ? petrel_train_ps_mf(ps, j->rtrain, j->rtest, &j->tc, j->pc, r)
+                        : petrel_train_ps_logreg(ps, j->train, j->test, &j->tc, j->pc, r);
+    if (err != PETREL_OK) snprintf(j->msg[a->rank], sizeof j->msg[a->rank], "%s", petrel_errmsg());
+    petrel_err stop = petrel_ps_stop(ps);
+    petrel_net_stop(net);
+    j->err[a->rank] = err != PETREL_OK ? err : stop;
+    return NULL;
+}
+
+/* Runs the nodes of j to their end. */
+static void start_ps_job(ps_job *j) {
+    int size = 1 + j->servers + j->workers;
+    pthread_t th[PS_MAX_NODES];
+    ps_node args[PS_MAX_NODES];
+    CHECK_OK(petrel_inproc_hub_new(&j->hub, size));
+    if (check_current_failed) return;
+    for (int k = 0; k < size; k++) {
+        args[k] = (ps_node){j, k};
+        pthread_create(&th[k], NULL, ps_node_main, &args[k]);
+    }
+    for (int k = 0; k < size; k++) pthread_join(th[k], NULL);
+    petrel_inproc_hub_free(j->hub);
+}
+
+/* Runs j, which must succeed; the first worker's result (rank 1 + servers) in *r. */
+static void run_ps_job(ps_job *j, petrel_train_result *r) {
+    start_ps_job(j);
+    for (int k = 0; k < 1 + j->servers + j->workers; k++) {
+        CHECK_OK(j->err[k]);
+        if (j->err[k] != PETREL_OK) printf("# rank %d: %s\n", k, j->msg[k]);
+    }
+    *r = j->r[1 + j->servers];
+}
+
+static ps_job ps_job_new(int servers, int workers, const petrel_hogwild_config *hw) {
+    ps_job j = {.servers = servers, .workers = workers};
+    j.tc = petrel_train_config_default();
+    j.tc.epochs = hw->epochs;
+    j.tc.seed = hw->seed;
+    j.tc.batch = 64; /* per thread and clock */
+    j.tc.quiet = true;
+    j.tc.progress = 0;
+    j.pc = petrel_ps_train_config_default();
+    j.pc.hogwild = hw;
+    return j;
+}
+
+/* One worker with one thread under BSP walks the samples in the single-process
+ * engine's order and reads back exactly what it pushed, so it retraces the
+ * single-process run: the same progressive loss and test accuracy, up to the
+ * rounding of base + (replica - base) on the server. */
+static void test_ps_one_worker_retraces_one_process(void) {
+    petrel_hogwild_config cfg = petrel_hogwild_config_default();
+    cfg.seed = seed, cfg.epochs = 3, cfg.lr = 0.05f;
+    for (int model = 0; model < 3; model++) {
+        cfg.model = (petrel_hogwild_model)model;
+        bool mc = cfg.model == PETREL_HOGWILD_SOFTMAX;
+        const petrel_dataset *tr = mc ? mc_train : bin_train, *te = mc ? mc_test : bin_test;
+        petrel_hogwild_result one;
+        CHECK_OK(petrel_hogwild_train(tr, te, cfg, &one));
+        ps_job j = ps_job_new(1, 1, &cfg);
+        j.train = tr, j.test = te;
+        petrel_train_result r;
+        run_ps_job(&j, &r);
+        if (check_current_failed) return;
+        const petrel_hogwild_epoch *last = &one.epoch[one.epochs - 1];
+        CHECK(r.epochs == 3 && r.steps == 3 * ((tr->n + 63) / 64));
+        CHECK_NEAR(r.train_loss, last->train_loss, 1e-4, 1e-4);
+        CHECK_NEAR(r.test_accuracy, last->test_accuracy, 0.003, 0);
+        if (check_current_failed)
+            printf("# %s: ps loss %.6f acc %.4f, one process loss %.6f acc %.4f\n",
+                   petrel_hogwild_model_name(cfg.model), r.train_loss, r.test_accuracy,
+                   last->train_loss, last->test_accuracy);
+        petrel_hogwild_result_fini(&one);
+    }
+}
+
+/* 2 workers x 2 lock-free threads, 2 servers, SSP with staleness 1: each model
+ * reaches the single-process thresholds of learns(). */
+static void test_ps_workers_with_threads_learn(void) {
+    petrel_hogwild_config cfg = petrel_hogwild_config_default();
+    cfg.seed = seed, cfg.threads = 2, cfg.epochs = 8, cfg.l2 = 1e-5f;
+    for (int model = 0; model < 3; model++) {
+        cfg.model = (petrel_hogwild_model)model;
+        cfg.lr = cfg.model == PETREL_HOGWILD_SVM ? 0.02f : 0.05f;
+        bool mc = cfg.model == PETREL_HOGWILD_SOFTMAX;
+        ps_job j = ps_job_new(2, 2, &cfg);
+        j.train = mc ? mc_train : bin_train, j.test = mc ? mc_test : bin_test;
+        j.pc.sync = (petrel_ps_sync){.staleness = 1};
+        petrel_train_result r;
+        run_ps_job(&j, &r);
+        if (check_current_failed) return;
+        CHECK(r.test_accuracy >= 0.9);
+        if (check_current_failed)
+            printf("# %s: test accuracy %.4f\n", petrel_hogwild_model_name(cfg.model),
+                   r.test_accuracy);
+    }
+    /* matrix factorization, BSP: from a test RMSE near 1 to near the noise */
+    cfg = mf_config(PETREL_HOGWILD_LOCKFREE, 2);
+    ps_job j = ps_job_new(1, 2, &cfg);
+    j.rtrain = &mf_train, j.rtest = &mf_test;
+    j.pc.mf_rank = 4;
+    j.pc.mf_l2 = cfg.l2;
+    petrel_train_result r;
+    run_ps_job(&j, &r);
+    if (check_current_failed) return;
+    CHECK(r.test_loss < 1.5 * MF_NOISE);
+    if (check_current_failed) printf("# mf: test RMSE %.4f\n", r.test_loss);
+}
+
+/* svm needs two classes: every node refuses the job at once. */
+static void test_ps_hogwild_refuses(void) {
+    petrel_hogwild_config cfg = petrel_hogwild_config_default();
+    cfg.model = PETREL_HOGWILD_SVM;
+    ps_job j = ps_job_new(1, 1, &cfg);
+    j.train = mc_train;
+    start_ps_job(&j);
+    for (int k = 0; k < 3; k++) {
+        CHECK_ERR(j.err[k], PETREL_ERR_INVALID);
+        CHECK(strstr(j.msg[k], "svm on 3 classes") != NULL);
+    }
+}
+
 int main(void) {
     seed = check_seed(20110614);
     petrel_alloc_stats before = petrel_alloc_get_stats();
@@ -386,6 +555,9 @@ int main(void) {
     RUN(test_mf_rmse);
     RUN_SEEDED(test_mf_deterministic, seed);
     RUN(test_mf_bad_input);
+    RUN_SEEDED(test_ps_one_worker_retraces_one_process, seed);
+    RUN_SEEDED(test_ps_workers_with_threads_learn, seed);
+    RUN(test_ps_hogwild_refuses);
     petrel_dataset_free(bin_train);
     petrel_dataset_free(bin_test);
     petrel_dataset_free(mc_train);

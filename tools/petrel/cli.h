@@ -28,6 +28,10 @@ int cmd_train(int argc, char **argv);
  * reads the ratings file data and, without test_path, holds out test_fraction of
  * it (seeded by cfg->seed). Both return the exit code. */
 bool cli_hogwild_model(const char *name, int *model);
+/* The engine's config from petrel train's flags (threads, epochs, seed, shuffle
+ * from cfg). */
+petrel_hogwild_config cli_hogwild_config(int model, int mode, const petrel_train_config *cfg,
+                                         float lr, float l2, float decay);
 int cli_train_hogwild(int model, int mode, const petrel_dataset *train, const petrel_dataset *test,
                       const petrel_train_config *cfg, float lr, float l2, float decay);
 int cli_train_mf(const char *data, const char *test_path, double test_fraction, int rank, int mode,
@@ -39,7 +43,7 @@ int cli_launch_train(int argc, char **argv, int servers, int workers);
 /* petrel train's parameter-server path (train_ps.c). */
 typedef struct cli_ps_options {
     int servers, workers;
-    petrel_ps_train_config train; /* sync, straggler, mf rank */
+    petrel_ps_train_config train; /* sync, straggler, mf rank, Hogwild! threads */
     const char *resume;           /* --resume DIR, or NULL */
     int64_t snapshot_every;       /* --snapshot-every N (0: no snapshots) */
 } cli_ps_options;
@@ -49,7 +53,8 @@ cli_ps_options cli_ps_options_default(void);
 bool cli_parse_straggler(const char *s, cli_ps_options *o);
 /* Outside a job, launches 1 + servers + workers local nodes running this same
  * command; inside one, runs this node. model_name: mlp, cnn, softmax (dense
- * models), logreg (sparse), or mf (ratings). Returns the exit code. */
+ * models), logreg (sparse), or mf (ratings); with o->train.hogwild, logreg, svm,
+ * softmax (sparse) or mf. Returns the exit code. */
 int cli_train_ps(int argc, char **argv, const char *model_name, petrel_model_options *mo,
                  const char *data, const char *test_path, petrel_train_config *cfg,
                  const cli_ps_options *o);

@@ -65,7 +65,9 @@ static void train_usage(FILE *f) {
             "  --resume DIR        continue from the newest complete snapshot in DIR\n"
             "  --rank R            mf: factor width [16]\n"
             "  with --servers, --model is mlp | cnn | softmax (dense tables), logreg (sparse\n"
-            "  logistic or softmax regression on libsvm data) or mf (--data: a ratings file)\n"
+            "  logistic or softmax regression on libsvm data) or mf (--data: a ratings file);\n"
+            "  --threads T > 1 (logreg, svm, mf) or --hogwild (also softmax) runs Hogwild!\n"
+            "  threads in every worker, --batch samples per thread and clock (docs/hogwild.md)\n"
             "\n"
             "  --progress          always draw the progress line [only on a terminal]\n"
             "  --no-progress       never draw it\n"
@@ -380,6 +382,19 @@ int cmd_train(int argc, char **argv) {
                                          "for the parameter server: add --servers S");
     if (pso.servers > 0) {
         pso.workers = workers;
+        /* Hogwild! threads in every worker: asked for with a mode flag, or by --threads
+         * for the models that have no BLAS threads to give them to. */
+        int hog_model;
+        bool sparse = strcmp(mo.name, "softmax") != 0; /* softmax is also a dense model */
+        petrel_hogwild_config hwc;
+        if (cli_hogwild_model(mo.name, &hog_model) &&
+            (hog_mode >= 0 || (sparse && (cfg.threads > 1 || hog_model == PETREL_HOGWILD_SVM)))) {
+            hwc = cli_hogwild_config(hog_model, hog_mode < 0 ? PETREL_HOGWILD_LOCKFREE : hog_mode,
+                                     &cfg, lr, l2, decay);
+            pso.train.hogwild = &hwc;
+        } else if (hog_mode >= 0) {
+            return cli_usage_error("train ", "Hogwild! threads train logreg, svm, softmax or mf");
+        }
         return cli_train_ps(argc, argv, mo.name, &mo, data, test_path, &cfg, &pso);
     }
     petrel_job_env env;

@@ -82,8 +82,8 @@ typedef struct hw_job {
     int rank;
 } hw_job;
 
-static petrel_hogwild_config job_config(int model, int mode, const petrel_train_config *cfg,
-                                        float lr, float l2, float decay) {
+petrel_hogwild_config cli_hogwild_config(int model, int mode, const petrel_train_config *cfg,
+                                         float lr, float l2, float decay) {
     petrel_hogwild_config hc = petrel_hogwild_config_default();
     hc.model = (petrel_hogwild_model)model;
     hc.mode = (petrel_hogwild_mode)mode;
@@ -227,7 +227,7 @@ done:
 
 int cli_train_hogwild(int model, int mode, const petrel_dataset *train, const petrel_dataset *test,
                       const petrel_train_config *cfg, float lr, float l2, float decay) {
-    hw_job j = {.hc = job_config(model, mode, cfg, lr, l2, decay)};
+    hw_job j = {.hc = cli_hogwild_config(model, mode, cfg, lr, l2, decay)};
     petrel_dataset *own_train = NULL, *own_test = NULL;
     petrel_err err = sparse_of(train, &own_train, &j.tr);
     if (err == PETREL_OK) err = sparse_of(test, &own_test, &j.te);
@@ -240,7 +240,8 @@ int cli_train_hogwild(int model, int mode, const petrel_dataset *train, const pe
 
 int cli_train_mf(const char *data, const char *test_path, double test_fraction, int rank, int mode,
                  const petrel_train_config *cfg, float lr, float l2, float decay) {
-    hw_job j = {.hc = job_config(PETREL_HOGWILD_MF, mode, cfg, lr, l2, decay), .rank = rank};
+    hw_job j = {.hc = cli_hogwild_config(PETREL_HOGWILD_MF, mode, cfg, lr, l2, decay),
+                .rank = rank};
     petrel_ratings train = {0}, test = {0}, all = {0};
     int rc = CLI_FAIL;
     petrel_err err;

@@ -50,7 +50,9 @@ static petrel_err load_ratings(const char *data, const char *test_path, petrel_r
 /* One node of the job: joins it, starts the PS, runs the app, stops. */
 static int run_node(const char *model_name, petrel_model_options *mo, const char *data,
                     const char *test_path, petrel_train_config *cfg, const cli_ps_options *o) {
-    bool mf = strcmp(model_name, "mf") == 0, logreg = strcmp(model_name, "logreg") == 0;
+    /* logreg, and every Hogwild! model but mf, train on sparse rows */
+    bool mf = strcmp(model_name, "mf") == 0,
+         logreg = !mf && (strcmp(model_name, "logreg") == 0 || o->train.hogwild);
     petrel_dataset *train = NULL, *test = NULL;
     petrel_ratings rtrain = {0}, rtest = {0};
     petrel_model *model = NULL;
@@ -116,9 +118,14 @@ static int run_node(const char *model_name, petrel_model_options *mo, const char
     int worker = petrel_ps_worker_index(ps);
     if (worker == 0 && !cfg->quiet) {
         char sync[32];
-        fprintf(stderr, "petrel: %s through the parameter server: %d servers, %d workers, %s%s\n",
+        const petrel_hogwild_config *hw = o->train.hogwild;
+        char threads[64] = "";
+        if (hw)
+            snprintf(threads, sizeof threads, " x %d Hogwild! threads (%s)", hw->threads,
+                     petrel_hogwild_mode_name(hw->mode));
+        fprintf(stderr, "petrel: %s through the parameter server: %d servers, %d workers%s, %s%s\n",
                 model ? model->meta : model_name, petrel_net_servers(net), petrel_ps_workers(ps),
-                petrel_ps_sync_format(o->train.sync, sync, sizeof sync),
+                threads, petrel_ps_sync_format(o->train.sync, sync, sizeof sync),
                 pcfg.resume_clock >= 0 ? ", resumed" : "");
         if (pcfg.resume_clock >= 0)
             fprintf(stderr, "petrel: resuming at clock %lld from %s\n",
