@@ -85,7 +85,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -226,23 +225,6 @@ static petrel_err check_spec(const petrel_ps_table_spec *sp, int server, int ser
 
 /* ---- slots ------------------------------------------------------------------------- */
 
-/* Large arrays ask for transparent huge pages: the hot path reads them at random,
- * and with 4 KiB pages nearly every access of a big table also misses the TLB
- * (at 10M keys, a quarter fewer keys/s without them). Only advice: it may be
- * refused, and small arrays are left alone. */
-static void advise_huge(void *p, size_t bytes) {
-#ifdef MADV_HUGEPAGE
-    const uintptr_t page = 4096;
-    if (bytes < ((size_t)4 << 20)) return;
-    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1);
-    uintptr_t b = ((uintptr_t)p + bytes) & ~(page - 1);
-    if (b > a) (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
-
 static void *alloc_array(int64_t n, size_t size) {
     if (size && (uint64_t)n > SIZE_MAX / 2 / size) {
         petrel_error_set(PETREL_ERR_NOMEM, "ps table: %lld rows of %zu bytes overflow",
@@ -250,9 +232,7 @@ static void *alloc_array(int64_t n, size_t size) {
         return NULL;
     }
     size_t bytes = (size_t)n * size;
-    void *p = petrel_malloc(bytes ? bytes : 1);
-    if (p) advise_huge(p, bytes);
-    return p;
+    return petrel_malloc(bytes ? bytes : 1); /* huge pages when large (alloc.c) */
 }
 
 /* Reallocates every slot array to cap slots; all or nothing. */
