@@ -55,6 +55,7 @@ typedef struct outbox {
     int64_t *n, *cap;
     uint64_t **keys;
     float **values; /* NULL for GET */
+    bool borrowed;  /* keys and values point into an operation log: not freed here */
 } outbox;
 
 /* first: rows to make room for at a server's first row (the expected share). */
@@ -70,7 +71,7 @@ static petrel_err outbox_init(outbox *o, int servers, int64_t cols, bool with_va
 }
 
 static void outbox_fini(outbox *o) {
-    for (int s = 0; s < o->servers; s++) {
+    for (int s = 0; s < o->servers && !o->borrowed; s++) {
         if (o->keys) petrel_free(o->keys[s]);
         if (o->values) petrel_free(o->values[s]);
     }
@@ -307,9 +308,24 @@ static float max_abs(const float *v, int64_t n) {
     return m;
 }
 
+/* The one server that every key of the log goes to, or -1. */
+static int sole_server(const ps_table *t, int servers) {
+    int64_t count = petreli_ps_store_count(t->oplog);
+    if (count == 0) return -1;
+    int s0 = petreli_ps_partition(&t->spec, petreli_ps_store_key(t->oplog, 0), servers);
+    for (int64_t slot = 1; slot < count && servers > 1; slot++)
+        if (petreli_ps_partition(&t->spec, petreli_ps_store_key(t->oplog, slot), servers) != s0)
+            return -1;
+    return s0;
+}
+
 /* Moves the operation log of every table into outboxes (one per table), keeping
  * back what the significance filter holds unless `all`. The log and its spare swap
- * roles, so a clock allocates nothing once they have grown. Call with ps->mu held. */
+ * roles, so a clock allocates nothing once they have grown; the spare keeps the
+ * sent log until the next call, so that an outbox can point into it: a log bound
+ * for one server, with nothing to filter or left over from early sends, goes out
+ * from its own arrays without a copy. Call with ps->mu held, and ps->flush_mu
+ * until the outboxes are sent. */
 static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
     petrel_err err = PETREL_OK;
     bool early = ps->cfg.bandwidth_bytes_per_s > 0; /* rows sent early are zero */
@@ -317,7 +333,21 @@ static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
         ps_table *t = &ps->tables[ti];
         int64_t cols = t->spec.cols, count = petreli_ps_store_count(t->oplog);
         bool filter = !all && t->spec.significance > 0;
-        err = outbox_init(&boxes[ti], ps->servers, cols, true, count / ps->servers + 1);
+        petreli_ps_store_clear(t->spare); /* the log sent last time */
+        int sole = early || filter ? -1 : sole_server(t, ps->servers);
+        err = outbox_init(&boxes[ti], ps->servers, cols, true,
+                          sole >= 0 ? 1 : count / ps->servers + 1);
+        if (err == PETREL_OK && sole >= 0) {
+            outbox *o = &boxes[ti];
+            o->borrowed = true;
+            o->n[sole] = count;
+            o->keys[sole] = (uint64_t *)petreli_ps_store_keys(t->oplog);
+            o->values[sole] = petreli_ps_store_row(t->oplog, 0);
+            petreli_ps_store *sent = t->oplog;
+            t->oplog = t->spare;
+            t->spare = sent;
+            continue;
+        }
         for (int64_t slot = 0; slot < count && err == PETREL_OK; slot++) {
             uint64_t key = petreli_ps_store_key(t->oplog, slot);
             const float *d = petreli_ps_store_row(t->oplog, slot);
@@ -345,7 +375,6 @@ static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
         petreli_ps_store *sent = t->oplog;
         t->oplog = t->spare;
         t->spare = sent;
-        petreli_ps_store_clear(t->spare);
     }
     return err;
 }

@@ -802,6 +802,10 @@ uint64_t petreli_ps_store_key(const petreli_ps_store *s, int64_t slot) {
     return s->keys[slot];
 }
 
+const uint64_t *petreli_ps_store_keys(const petreli_ps_store *s) {
+    return s->keys;
+}
+
 float *petreli_ps_store_row(petreli_ps_store *s, int64_t slot) {
     PETREL_ASSERT(slot >= 0 && slot < s->count, "slot out of range");
     return s->values + slot * s->cols;

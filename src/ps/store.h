@@ -47,6 +47,9 @@ int64_t petreli_ps_store_slot(petreli_ps_store *s, uint64_t key, bool create);
 void petreli_ps_store_clear(petreli_ps_store *s);
 
 uint64_t petreli_ps_store_key(const petreli_ps_store *s, int64_t slot);
+/* Every slot's key, in slot order (count of them); the rows likewise follow one
+ * another from petreli_ps_store_row(s, 0). */
+const uint64_t *petreli_ps_store_keys(const petreli_ps_store *s);
 float *petreli_ps_store_row(petreli_ps_store *s, int64_t slot);
 void *petreli_ps_store_aux(petreli_ps_store *s, int64_t slot);
 /* The slot's update-rule state (petreli_ps_state_floats floats; NULL when none),
