@@ -178,7 +178,10 @@ PETREL_NODISCARD petrel_err petrel_ps_stop(petrel_ps *ps);
 /* ---- workers ---------------------------------------------------------------- */
 
 /* A worker thread's handle, its clock starting at the process's (0, or the resumed
- * snapshot's clock). */
+ * snapshot's clock). It may be made on one thread and handed to another before its
+ * first use. Make every handle of a process before any of them finishes (before
+ * starting the threads): when the last handle finishes, the process has finished,
+ * and a handle made after that fails its calls. */
 PETREL_NODISCARD petrel_err petrel_ps_worker_new(petrel_ps *ps, petrel_ps_worker **out);
 
 /* The rows' current values (cols floats each, into out), consistent with this

@@ -531,7 +531,12 @@ petrel_err petrel_ps_worker_new(petrel_ps *ps, petrel_ps_worker **out) {
     w->ps = ps;
     pthread_mutex_lock(&ps->mu);
     petrel_err err = PETREL_OK;
-    if (ps->nthreads == ps->threads_cap) {
+    if (ps->done)
+        err = petrel_error_set(PETREL_ERR_STATE,
+                               "ps: worker %d has finished (its last handle did): make every "
+                               "handle before any finishes",
+                               ps->worker_index);
+    else if (ps->nthreads == ps->threads_cap) {
         int cap = ps->threads_cap ? 2 * ps->threads_cap : 8;
         petrel_ps_worker **th = petrel_realloc(ps->threads, (size_t)cap * sizeof *th);
         if (!th)
@@ -562,6 +567,7 @@ petrel_err petrel_ps_worker_finish(petrel_ps_worker *w) {
             break;
         }
     bool last = ps->nthreads == 0;
+    ps->done |= last;
     int64_t clock = ps->process_clock;
     pthread_mutex_unlock(&ps->mu);
     petrel_err err;

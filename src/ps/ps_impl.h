@@ -116,6 +116,7 @@ struct petrel_ps {
     int64_t process_clock;    /* min over the threads' clocks */
     petrel_ps_worker **threads;
     int nthreads, threads_cap;
+    bool done; /* the last handle has finished: no new ones */
     bool comm_stop;
     pthread_t comm;
     bool comm_started;

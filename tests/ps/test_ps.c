@@ -425,14 +425,13 @@ static void test_server_side_sgd(void) {
 /* ---- threads of one worker process ----------------------------------------------------- */
 
 typedef struct thread_arg {
-    petrel_ps *ps;
+    petrel_ps_worker *w;
     int clocks;
 } thread_arg;
 
 static void *inner_thread(void *arg) {
     thread_arg *a = arg;
-    petrel_ps_worker *w;
-    CHECK_OK(petrel_ps_worker_new(a->ps, &w));
+    petrel_ps_worker *w = a->w;
     float one = 1, v;
     for (int i = 0; i < a->clocks; i++) {
         CHECK_OK(petrel_ps_get(w, 0, 0, &v));
@@ -448,11 +447,17 @@ static void threads_worker(job *j, petrel_ps *ps, int worker) {
     (void)worker;
     pthread_t th[3];
     thread_arg a[3];
+    /* Every handle exists before any thread runs: the last handle to finish ends the
+     * process, so a thread that started late would find it ended. */
     for (int t = 0; t < 3; t++) {
-        a[t] = (thread_arg){ps, 10 + 5 * t};
-        pthread_create(&th[t], NULL, inner_thread, &a[t]);
+        a[t] = (thread_arg){NULL, 10 + 5 * t};
+        CHECK_OK(petrel_ps_worker_new(ps, &a[t].w));
     }
+    for (int t = 0; t < 3; t++) pthread_create(&th[t], NULL, inner_thread, &a[t]);
     for (int t = 0; t < 3; t++) pthread_join(th[t], NULL);
+    petrel_ps_worker *late = NULL;
+    CHECK_ERR(petrel_ps_worker_new(ps, &late), PETREL_ERR_STATE);
+    CHECK(late == NULL);
 }
 
 static void test_threads_share_one_process_cache(void) {
