@@ -130,4 +130,25 @@ static inline uint64_t check_seed(uint64_t fallback) {
         exit(77);                                                                                  \
     } while (0)
 
+/* Whole files, for tests that damage a file on purpose: the bytes at path (malloc'd,
+ * *len of them), and path overwritten with len bytes. Abort when the file system
+ * fails: that is the test machine's fault, not the code under test's. */
+static inline unsigned char *check_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) abort();
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*len ? *len : 1);
+    if (!b || fread(b, 1, *len, f) != *len) abort();
+    fclose(f);
+    return b;
+}
+
+static inline void check_write_file(const char *path, const unsigned char *b, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(b, 1, len, f) != len) abort();
+    fclose(f);
+}
+
 #endif

@@ -31,24 +31,6 @@ static bool same_values(const petrel_params *a, const petrel_params *b) {
     return true;
 }
 
-static unsigned char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) abort();
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*len);
-    if (fread(b, 1, *len, f) != *len) abort();
-    fclose(f);
-    return b;
-}
-
-static void write_file(const char *path, const unsigned char *b, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b, 1, len, f) != len) abort();
-    fclose(f);
-}
-
 static void test_round_trip(void) {
     char path[300];
     snprintf(path, sizeof path, "%s/a.ckpt", dir);
@@ -64,7 +46,7 @@ static void test_round_trip(void) {
     petrel_free(meta);
     /* file size = header 20 + meta 19 + records + data + crc 4 */
     size_t len;
-    unsigned char *b = read_file(path, &len);
+    unsigned char *b = check_read_file(path, &len);
     /* records: u16 name length, name, u8 ndim, u64 per dim; fc*.weight 2-d, fc*.bias 1-d */
     size_t names = 2 * ((2 + 10 + 1 + 16) + (2 + 8 + 1 + 8));
     size_t data = (size_t)(4 * 6 + 4 + 3 * 4 + 3) * 4;
@@ -83,9 +65,9 @@ static void test_rejects_truncated(void) {
                   *keep = make_model(4, -1.0f);
     CHECK_OK(petrel_checkpoint_save(src, NULL, path));
     size_t len;
-    unsigned char *b = read_file(path, &len);
+    unsigned char *b = check_read_file(path, &len);
     for (size_t cut = 0; cut < len; cut += (cut < 64 ? 1 : 37)) {
-        write_file(bad, b, cut);
+        check_write_file(bad, b, cut);
         CHECK_ERR(petrel_checkpoint_load(dst, bad, NULL), PETREL_ERR_FORMAT);
         CHECK(strstr(petrel_errmsg(), bad) != NULL);
         CHECK(same_values(dst, keep));
@@ -104,17 +86,17 @@ static void test_rejects_corrupted(void) {
                   *keep = make_model(4, -1.0f);
     CHECK_OK(petrel_checkpoint_save(src, "m", path));
     size_t len;
-    unsigned char *b = read_file(path, &len);
+    unsigned char *b = check_read_file(path, &len);
     for (size_t at = 0; at < len; at += 7) {
         b[at] ^= 0x5a;
-        write_file(bad, b, len);
+        check_write_file(bad, b, len);
         b[at] ^= 0x5a;
         CHECK_ERR(petrel_checkpoint_load(dst, bad, NULL), PETREL_ERR_FORMAT);
         CHECK(same_values(dst, keep));
     }
     /* a flipped data byte is caught by the checksum, and the message says so */
     b[len - 10] ^= 1;
-    write_file(bad, b, len);
+    check_write_file(bad, b, len);
     CHECK_ERR(petrel_checkpoint_load(dst, bad, NULL), PETREL_ERR_FORMAT);
     CHECK(strstr(petrel_errmsg(), "checksum") != NULL);
     free(b);
@@ -128,7 +110,7 @@ static void test_rejects_foreign_and_mismatched(void) {
     snprintf(path, sizeof path, "%s/f.ckpt", dir);
     snprintf(other, sizeof other, "%s/other.bin", dir);
     petrel_params *dst = make_model(4, -1.0f), *keep = make_model(4, -1.0f);
-    write_file(other,
+    check_write_file(other,
                (const unsigned char *)"\x7f"
                                       "ELF this is not a checkpoint at all",
                36);
@@ -154,9 +136,9 @@ static void test_version_is_checked(void) {
     petrel_params *p = make_model(4, 1.0f);
     CHECK_OK(petrel_checkpoint_save(p, NULL, path));
     size_t len;
-    unsigned char *b = read_file(path, &len);
+    unsigned char *b = check_read_file(path, &len);
     b[8] = 2;
-    write_file(path, b, len);
+    check_write_file(path, b, len);
     CHECK_ERR(petrel_checkpoint_load(p, path, NULL), PETREL_ERR_FORMAT);
     CHECK(strstr(petrel_errmsg(), "version 2") != NULL);
     free(b);

@@ -659,24 +659,6 @@ static void test_snapshot_round_trip(void) {
     petreli_ps_store_free(s);
 }
 
-static unsigned char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) abort();
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*len);
-    if (fread(b, 1, *len, f) != *len) abort();
-    fclose(f);
-    return b;
-}
-
-static void spit(const char *path, const unsigned char *b, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b, 1, len, f) != len) abort();
-    fclose(f);
-}
-
 /* load(path) fails with FORMAT naming path and `why`, and t is as it was. */
 static void check_rejected(petreli_ps_store *t, petreli_ps_store *before, const char *path,
                            const char *why, int64_t cols, int64_t sf) {
@@ -697,27 +679,27 @@ static void test_snapshot_rejects(void) {
     /* The victim holds rows of its own; a copy shows they stay. */
     petreli_ps_store *t = filled(&spec, 50), *before = filled(&spec, 50);
     size_t len;
-    unsigned char *b = slurp(good, &len);
+    unsigned char *b = check_read_file(good, &len);
 
-    spit(bad, b, len - 1);
+    check_write_file(bad, b, len - 1);
     CHECK(!petreli_ps_store_file_ok(bad));
     check_rejected(t, before, bad, "truncated or corrupted", 3, 6);
-    spit(bad, b, 40);
+    check_write_file(bad, b, 40);
     check_rejected(t, before, bad, "truncated", 3, 6);
-    spit(bad, b, 0);
+    check_write_file(bad, b, 0);
     check_rejected(t, before, bad, "truncated", 3, 6);
 
     b[len / 2] ^= 0x10;
-    spit(bad, b, len);
+    check_write_file(bad, b, len);
     CHECK(!petreli_ps_store_file_ok(bad));
     check_rejected(t, before, bad, "checksum mismatch", 3, 6);
     b[len / 2] ^= 0x10;
 
     b[0] = 'X';
-    spit(bad, b, len);
+    check_write_file(bad, b, len);
     check_rejected(t, before, bad, "not a petrel table snapshot", 3, 6);
     b[0] = 'P';
-    spit(bad, b, len);
+    check_write_file(bad, b, len);
     CHECK(petreli_ps_store_file_ok(bad)); /* restored */
 
     /* Well-formed files of other tables. */
