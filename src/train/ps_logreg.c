@@ -13,12 +13,12 @@
 typedef struct logreg_app {
     petreli_ps_app base;
     const petrel_dataset *train, *test;
-    int64_t classes, cols; /* cols: 1 for two classes (logistic, svm), else classes */
-    bool svm;              /* hinge loss (Hogwild! only) */
-    int32_t *slot_of;      /* dim: a feature's index in keys, or -1 */
-    uint64_t *keys;        /* the batch's distinct features */
-    float *w, *grad;       /* keys x cols: the rows read; the gradient or the change */
-    float *z;              /* classes */
+    int64_t cols;     /* 1 for two classes (logistic, svm), else the classes */
+    bool svm;         /* hinge loss (Hogwild! only) */
+    int32_t *slot_of; /* dim: a feature's index in keys, or -1 */
+    uint64_t *keys;   /* the batch's distinct features */
+    float *w, *grad;  /* keys x cols: the rows read; the gradient or the change */
+    float *z;         /* classes */
     int32_t *y;
     uint32_t table;
     /* Hogwild! threads (pc.hogwild): */
@@ -201,7 +201,6 @@ petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
                               .loss_name = "loss"},
                      .train = train,
                      .test = test,
-                     .classes = classes,
                      .cols = cols,
                      .svm = model == PETREL_HOGWILD_SVM,
                      .hw = hw};
