@@ -111,9 +111,9 @@ static void test_rejects_foreign_and_mismatched(void) {
     snprintf(other, sizeof other, "%s/other.bin", dir);
     petrel_params *dst = make_model(4, -1.0f), *keep = make_model(4, -1.0f);
     check_write_file(other,
-               (const unsigned char *)"\x7f"
-                                      "ELF this is not a checkpoint at all",
-               36);
+                     (const unsigned char *)"\x7f"
+                                            "ELF this is not a checkpoint at all",
+                     36);
     CHECK_ERR(petrel_checkpoint_load(dst, other, NULL), PETREL_ERR_FORMAT);
     CHECK(strstr(petrel_errmsg(), "not a petrel checkpoint") != NULL);
     petrel_params *wide = make_model(5, 3.0f);
