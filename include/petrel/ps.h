@@ -58,6 +58,7 @@
  *         petrel_ps_worker *w;  petrel_ps_worker_new(ps, &w);
  *         for (...) { petrel_ps_get(w, t, row, buf); ...; petrel_ps_inc(w, t, row, delta);
  *                     petrel_ps_clock(w); }
+ *         petrel_ps_wait_final(w); petrel_ps_get(w, t, row, buf);  // optional: final model
  *         petrel_ps_worker_finish(w);
  *     }
  *     petrel_ps_stop(ps);                                   // a barrier, then frees
@@ -218,6 +219,15 @@ PETREL_NODISCARD petrel_err petrel_ps_flush(petrel_ps_worker *w);
 
 int64_t petrel_ps_worker_clock(const petrel_ps_worker *w);
 
+/* This thread has done its clocks and wants to read the final model: its clock
+ * no longer holds others back (the last thread of the process to end or finish
+ * sends the whole log and tells the servers the process is done). Then waits until
+ * every worker process has finished, so that every delta of the job has been
+ * applied; after it, reads through w return the final model whatever the
+ * consistency, and writes and clocks fail. Fails with PETREL_ERR_TIMEOUT when the
+ * slowest worker makes no progress for timeout_ms. Finish w afterwards. */
+PETREL_NODISCARD petrel_err petrel_ps_wait_final(petrel_ps_worker *w);
+
 /* This thread is done: its clock no longer holds others back. The last thread of
  * a process to finish flushes the log and tells the servers. Frees w. */
 PETREL_NODISCARD petrel_err petrel_ps_worker_finish(petrel_ps_worker *w);
@@ -233,7 +243,7 @@ typedef struct petrel_ps_stats {
     uint64_t reads, cache_hits, fetches;
     uint64_t staleness[PETREL_PS_STALENESS_BINS];
     int64_t max_staleness;
-    double wait_get_s, wait_clock_s;       /* time blocked in get and in clock */
+    double wait_get_s, wait_clock_s;       /* blocked in get; in clock and wait_final */
     uint64_t bytes_sent, bytes_received;   /* PS payloads and headers */
     uint64_t rows_pushed_early, rows_held; /* managed communication */
 } petrel_ps_stats;

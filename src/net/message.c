@@ -338,10 +338,15 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
         }
         return;
     }
+    net->handlers[h->type].running++;
     pthread_mutex_unlock(&net->mu);
     m.owned = NULL; /* borrowed by the handler */
     fn(ctx, net, &m);
     petreli_msgbuf_put(buf);
+    pthread_mutex_lock(&net->mu);
+    if (--net->handlers[h->type].running == 0 && net->sleepers)
+        pthread_cond_broadcast(&net->cv); /* petrel_net_on may wait to remove it */
+    pthread_mutex_unlock(&net->mu);
 }
 
 void *petreli_ev_frame_begin(void *ctx, int src, const petreli_wire_header *h) {
@@ -431,6 +436,9 @@ petrel_err petrel_net_on(petrel_net *net, uint8_t type, petrel_msg_handler handl
     pthread_mutex_lock(&net->mu);
     net->handlers[type].fn = handler;
     net->handlers[type].ctx = ctx;
+    /* Once removed, no call may still be using the old context (it may be freed next). */
+    while (!handler && net->handlers[type].running > 0)
+        (void)petreli_wait_until(net, petrel_now_ns() + 100000000u);
     pthread_mutex_unlock(&net->mu);
     return PETREL_OK;
 }

@@ -97,6 +97,7 @@ struct petrel_net {
     struct {
         petrel_msg_handler fn;
         void *ctx;
+        int running; /* calls in progress, so that removing a handler can wait for them */
     } handlers[256];
     petrel_peer_failure_fn on_failure;
     void *on_failure_ctx;

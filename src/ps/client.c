@@ -36,6 +36,15 @@ static petrel_err check_table(const petrel_ps *ps, uint32_t table) {
     return PETREL_OK;
 }
 
+/* Writes and clocks belong to training, which an ended handle has left. */
+static petrel_err check_training(const petrel_ps_worker *w) {
+    if (!w->ended) return PETREL_OK;
+    return petrel_error_set(PETREL_ERR_STATE,
+                            "ps: worker %d: this handle has ended training (petrel_ps_wait_final): "
+                            "it may only read",
+                            w->ps->worker_index);
+}
+
 /* A dead server fails every wait for it. Call with ps->mu held. */
 static petrel_err servers_alive(petrel_ps *ps) {
     for (int s = 0; s < ps->servers; s++)
@@ -162,9 +171,9 @@ static void on_advance(void *ctx, petrel_net *net, const petrel_msg *m) {
 /* ---- reads ------------------------------------------------------------------------- */
 
 /* Whether a cached row may be read now; call with ps->mu held. */
-static bool fresh(const petrel_ps *ps, const ps_table *t, const cache_meta *meta, int64_t need) {
+static bool fresh(const petrel_ps *ps, const cache_meta *meta, int64_t need) {
     if (!meta->present) return false;
-    return t->spec.sync.async ? meta->arrived >= ps->process_clock : meta->served >= need;
+    return need == PS_ANY_CLOCK ? meta->arrived >= ps->process_clock : meta->served >= need;
 }
 
 /* Asks the servers for the rows of keys that are not fresh and not asked for yet.
@@ -175,7 +184,7 @@ static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, i
     ps_table *t = &ps->tables[table];
     outbox o;
     petrel_err err = outbox_init(&o, ps->servers, 0, false, n / ps->servers + 1);
-    int64_t ask = t->spec.sync.async ? ps->process_clock : need;
+    int64_t ask = need == PS_ANY_CLOCK ? ps->process_clock : need;
     bool complete = true;
     for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
         int64_t slot = petreli_ps_store_slot(t->cache, keys[i], true);
@@ -184,7 +193,7 @@ static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, i
             break;
         }
         cache_meta *meta = petreli_ps_store_aux(t->cache, slot);
-        if (fresh(ps, t, meta, need)) {
+        if (fresh(ps, meta, need)) {
             if (count) ps->stats.cache_hits++;
             continue;
         }
@@ -200,15 +209,18 @@ static petrel_err request(petrel_ps *ps, uint32_t table, const uint64_t *keys, i
     if (err == PETREL_OK && o.n && !complete) {
         for (int sv = 0; sv < o.servers; sv++) *sent = *sent || o.n[sv] > 0;
         pthread_mutex_unlock(&ps->mu);
-        err = outbox_send(ps, &o, PS_GET, table, t->spec.sync.async ? PS_ANY_CLOCK : need);
+        err = outbox_send(ps, &o, PS_GET, table, need);
         pthread_mutex_lock(&ps->mu);
     }
     outbox_fini(&o);
     return err;
 }
 
-static int64_t need_of(const ps_table *t, int64_t clock) {
-    return t->spec.sync.async ? PS_ANY_CLOCK : clock - t->spec.sync.staleness;
+/* The server clock a read must reflect: PS_ANY_CLOCK for async tables, and
+ * PS_FINISHED (the final model) once the handle has ended. */
+static int64_t need_of(const ps_table *t, const petrel_ps_worker *w) {
+    if (w->ended) return PS_FINISHED;
+    return t->spec.sync.async ? PS_ANY_CLOCK : w->clock - t->spec.sync.staleness;
 }
 
 petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
@@ -218,7 +230,7 @@ petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_
     if (err != PETREL_OK) return err;
     ps_table *t = &ps->tables[table];
     if ((err = check_keys(t, table, keys, n)) != PETREL_OK) return err;
-    int64_t need = need_of(t, w->clock);
+    int64_t need = need_of(t, w);
     uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
     bool waited = false;
     pthread_mutex_lock(&ps->mu);
@@ -278,8 +290,7 @@ petrel_err petrel_ps_prefetch(petrel_ps_worker *w, uint32_t table, const uint64_
     if (err != PETREL_OK) return err;
     bool all_fresh, sent;
     pthread_mutex_lock(&ps->mu);
-    err = request(ps, table, keys, n, need_of(&ps->tables[table], w->clock), &all_fresh, &sent,
-                  false);
+    err = request(ps, table, keys, n, need_of(&ps->tables[table], w), &all_fresh, &sent, false);
     pthread_mutex_unlock(&ps->mu);
     return err;
 }
@@ -289,7 +300,8 @@ petrel_err petrel_ps_prefetch(petrel_ps_worker *w, uint32_t table, const uint64_
 petrel_err petrel_ps_inc_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
                               const float *deltas) {
     petrel_ps *ps = w->ps;
-    petrel_err err = check_table(ps, table);
+    petrel_err err = check_training(w);
+    if (err == PETREL_OK) err = check_table(ps, table);
     if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
     if (err != PETREL_OK) return err;
     pthread_mutex_lock(&ps->mu);
@@ -403,11 +415,12 @@ static petrel_err send_clock(petrel_ps *ps, int64_t clock, bool to_rank0) {
     return err;
 }
 
-/* The minimum over the threads' clocks; call with ps->mu held. */
+/* The minimum over the clocks of the threads still training (PS_FINISHED when
+ * none is); call with ps->mu held. */
 static int64_t threads_min(const petrel_ps *ps) {
     int64_t m = PS_FINISHED;
     for (int i = 0; i < ps->nthreads; i++)
-        if (ps->threads[i]->clock < m) m = ps->threads[i]->clock;
+        if (!ps->threads[i]->ended && ps->threads[i]->clock < m) m = ps->threads[i]->clock;
     return m;
 }
 
@@ -416,7 +429,7 @@ static int64_t threads_min(const petrel_ps *ps) {
 static petrel_err maybe_advance(petrel_ps *ps) {
     pthread_mutex_lock(&ps->mu);
     int64_t from = ps->process_clock, to = threads_min(ps);
-    bool moved = ps->nthreads > 0 && to > from;
+    bool moved = to != PS_FINISHED && to > from; /* the process's end is end_training's */
     if (moved) ps->process_clock = to;
     pthread_mutex_unlock(&ps->mu);
     if (!moved) return PETREL_OK;
@@ -427,6 +440,7 @@ static petrel_err maybe_advance(petrel_ps *ps) {
 
 petrel_err petrel_ps_clock(petrel_ps_worker *w) {
     petrel_ps *ps = w->ps;
+    if (check_training(w) != PETREL_OK) return PETREL_ERR_STATE;
     pthread_mutex_lock(&ps->flush_mu);
     pthread_mutex_lock(&ps->mu);
     w->clock++;
@@ -484,7 +498,8 @@ petrel_err petrel_ps_flush(petrel_ps_worker *w) {
 petrel_err petrel_ps_set_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
                               const float *values) {
     petrel_ps *ps = w->ps;
-    petrel_err err = check_table(ps, table);
+    petrel_err err = check_training(w);
+    if (err == PETREL_OK) err = check_table(ps, table);
     if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
     if (err != PETREL_OK) return err;
     ps_table *t = &ps->tables[table];
@@ -556,29 +571,66 @@ petrel_err petrel_ps_worker_new(petrel_ps *ps, petrel_ps_worker **out) {
     return err;
 }
 
-petrel_err petrel_ps_worker_finish(petrel_ps_worker *w) {
-    if (!w) return PETREL_OK;
-    petrel_ps *ps = w->ps;
-    pthread_mutex_lock(&ps->flush_mu);
+/* Takes w out of the clocks (and out of the process's handles when `remove`). The
+ * last handle to end training sends everything left in the log, held deltas too,
+ * and tells the servers and rank 0 that this process has finished. Call with
+ * ps->flush_mu held. */
+static petrel_err end_training(petrel_ps *ps, petrel_ps_worker *w, bool remove) {
     pthread_mutex_lock(&ps->mu);
-    for (int i = 0; i < ps->nthreads; i++)
+    bool was_training = !w->ended;
+    w->ended = true;
+    for (int i = 0; remove && i < ps->nthreads; i++)
         if (ps->threads[i] == w) {
             ps->threads[i] = ps->threads[--ps->nthreads];
             break;
         }
-    bool last = ps->nthreads == 0;
+    bool last = was_training;
+    for (int i = 0; i < ps->nthreads; i++) last = last && ps->threads[i]->ended;
     ps->done |= last;
     int64_t clock = ps->process_clock;
     pthread_mutex_unlock(&ps->mu);
-    petrel_err err;
-    if (last) { /* everything left, held deltas too, then the end */
-        err = send_oplogs(ps, clock, true);
-        if (err == PETREL_OK) err = send_clock(ps, PS_FINISHED, true);
-    } else {
-        err = maybe_advance(ps);
-    }
+    if (!was_training) return PETREL_OK;
+    if (!last) return maybe_advance(ps);
+    petrel_err err = send_oplogs(ps, clock, true);
+    if (err == PETREL_OK) err = send_clock(ps, PS_FINISHED, true);
+    return err;
+}
+
+petrel_err petrel_ps_worker_finish(petrel_ps_worker *w) {
+    if (!w) return PETREL_OK;
+    petrel_ps *ps = w->ps;
+    pthread_mutex_lock(&ps->flush_mu);
+    petrel_err err = end_training(ps, w, true);
     pthread_mutex_unlock(&ps->flush_mu);
     petrel_free(w);
+    return err;
+}
+
+petrel_err petrel_ps_wait_final(petrel_ps_worker *w) {
+    petrel_ps *ps = w->ps;
+    pthread_mutex_lock(&ps->flush_mu);
+    petrel_err err = end_training(ps, w, false);
+    pthread_mutex_unlock(&ps->flush_mu);
+    if (err != PETREL_OK) return err;
+    /* Others may train for much longer than the timeout: it counts from the last
+     * time the slowest worker moved. */
+    uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
+    pthread_mutex_lock(&ps->mu);
+    int64_t seen = ps->known_min;
+    while (ps->known_min != PS_FINISHED && err == PETREL_OK) {
+        if (ps->known_min != seen) {
+            seen = ps->known_min;
+            deadline = petrel_now_ns() + (uint64_t)ps->cfg.timeout_ms * 1000000u;
+        }
+        if ((err = servers_alive(ps)) != PETREL_OK) break;
+        if (!petreli_ps_wait(ps, deadline))
+            err = petrel_error_set(PETREL_ERR_TIMEOUT,
+                                   "ps: worker %d waited for the others to finish, and for %d ms "
+                                   "the slowest did not move (server clock %lld)",
+                                   ps->worker_index, ps->cfg.timeout_ms, (long long)seen);
+    }
+    ps->stats.wait_clock_s += (double)(petrel_now_ns() - t0) * 1e-9;
+    pthread_mutex_unlock(&ps->mu);
     return err;
 }
 

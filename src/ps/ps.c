@@ -222,6 +222,11 @@ petrel_ps_stats petrel_ps_get_stats(const petrel_ps *ps) {
 }
 
 static void ps_free(petrel_ps *ps) {
+    /* A peer's late message (a reply to a prefetch, a last ADVANCE) must not reach
+     * a handler whose state is being freed: it goes to the mailbox instead. */
+    for (int type = PS_INC; type <= PS_FLUSH; type++)
+        if (petrel_net_on(ps->net, (uint8_t)type, NULL, NULL) != PETREL_OK)
+            PETREL_LOG_WARN("ps", "cannot remove the handler of message type %d", type);
     if (ps->role == PETREL_ROLE_WORKER)
         petreli_ps_client_fini(ps);
     else

@@ -13,7 +13,9 @@
  *   CLOCK    worker -> server  clock: the worker process's new clock
  *                              (PS_FINISHED: it is done); id unused.
  *                              Also sent to rank 0 when finished.
- *   ADVANCE  server -> worker  clock: the server's new clock; id unused
+ *   ADVANCE  server -> worker  clock: the server's new clock; id unused. When every
+ *                              worker has finished (PS_FINISHED) it goes to all
+ *                              of them: some wait for the final model.
  *   SET      worker -> server  RPC; payload as INC; overwrites rows; empty reply
  *   FLUSH    worker -> server  RPC; empty; the reply says every earlier message of
  *                              that worker has been applied (links keep order)
@@ -116,7 +118,7 @@ struct petrel_ps {
     int64_t process_clock;    /* min over the threads' clocks */
     petrel_ps_worker **threads;
     int nthreads, threads_cap;
-    bool done; /* the last handle has finished: no new ones */
+    bool done; /* every handle has ended or finished: no new ones */
     bool comm_stop;
     pthread_t comm;
     bool comm_started;
@@ -126,6 +128,7 @@ struct petrel_ps {
 struct petrel_ps_worker {
     petrel_ps *ps;
     int64_t clock;
+    bool ended; /* petrel_ps_wait_final: out of the clocks, reads the final model */
 };
 
 /* ps.c */

@@ -178,8 +178,9 @@ static void advance(petrel_ps *ps, int64_t to) {
         if (c > from && c > 0) note_failure(ps, write_snapshot(ps, c));
     }
     if (to != PS_FINISHED) note_failure(ps, push_rows(ps));
+    /* The end goes to all: a finished worker may wait for the final model. */
     for (int w = 0; w < ps->workers; w++)
-        if (ps->worker_clock[w] != PS_FINISHED)
+        if (ps->worker_clock[w] != PS_FINISHED || to == PS_FINISHED)
             note_failure(ps, petrel_net_send(ps->net, 1 + ps->servers + w, PS_ADVANCE, 0, to, NULL,
                                              0, ps->cfg.timeout_ms));
     answer_waiting(ps);

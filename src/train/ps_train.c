@@ -123,6 +123,10 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, petreli_ps_app *a,
         }
         r->epochs = epoch + 1;
         r->train_loss = epoch_samples ? epoch_loss / (double)epoch_samples : NAN;
+        bool last = epoch + 1 == cfg->epochs || (cfg->max_steps && steps >= cfg->max_steps);
+        /* The last evaluation is of the final model, every worker's deltas in: under
+         * SSP or async, worker 0 may end its clocks long before the others. */
+        if (err == PETREL_OK && worker == 0 && a->evaluate && last) err = petrel_ps_wait_final(w);
         if (err == PETREL_OK && worker == 0 && a->evaluate)
             err = a->evaluate(a, w, &r->test_accuracy, &r->test_loss);
         if (err == PETREL_OK && mf) {
@@ -141,6 +145,7 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, petreli_ps_app *a,
                     "epoch %lld  train %s %.4f  test_accuracy %.4f  test_loss %.4f  %.1fs\n",
                     (long long)epoch + 1, a->loss_name, r->train_loss, r->test_accuracy,
                     r->test_loss, petrel_now_s() - t_start);
+        if (last) break;
     }
     r->steps = steps;
     r->wall_s = petrel_now_s() - t_start;

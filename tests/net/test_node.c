@@ -6,6 +6,7 @@
 #include "petrel/net.h"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #define MSG_DATA  40
 #define MSG_ECHO  41
@@ -213,6 +214,51 @@ static void test_handlers_and_rpc(void) {
     run_job(&j);
 }
 
+/* Removing a handler waits for a call in progress, and later messages of the
+ * type go to the mailbox. */
+typedef struct slow_ctx {
+    int started, done;
+} slow_ctx;
+
+static void slow_handler(void *ctx, petrel_net *net, const petrel_msg *m) {
+    (void)net;
+    (void)m;
+    slow_ctx *c = ctx;
+    __atomic_store_n(&c->started, 1, __ATOMIC_SEQ_CST);
+    usleep(100000);
+    __atomic_store_n(&c->done, 1, __ATOMIC_SEQ_CST);
+}
+
+static void remove_fn(job *j, petrel_net *net) {
+    (void)j;
+    slow_ctx c = {0};
+    if (petrel_net_rank(net) == 1) CHECK_OK(petrel_net_on(net, MSG_DATA, slow_handler, &c));
+    CHECK_OK(petrel_net_barrier(net, 5000));
+    if (petrel_net_rank(net) == 0) {
+        CHECK_OK(petrel_net_send(net, 1, MSG_DATA, 0, 0, "a", 1, 5000));
+    } else {
+        for (int i = 0; i < 5000 && !__atomic_load_n(&c.started, __ATOMIC_SEQ_CST); i++)
+            usleep(1000);
+        CHECK_OK(petrel_net_on(net, MSG_DATA, NULL, NULL));
+        CHECK(__atomic_load_n(&c.done, __ATOMIC_SEQ_CST) == 1);
+    }
+    CHECK_OK(petrel_net_barrier(net, 5000));
+    if (petrel_net_rank(net) == 0) {
+        CHECK_OK(petrel_net_send(net, 1, MSG_DATA, 7, 0, "bc", 2, 5000));
+    } else {
+        petrel_msg m;
+        CHECK_OK(petrel_net_recv(net, 0, MSG_DATA, 7, &m, 5000));
+        CHECK(m.len == 2 && memcmp(m.data, "bc", 2) == 0);
+        petrel_msg_release(&m);
+    }
+    CHECK_OK(petrel_net_barrier(net, 5000));
+}
+
+static void test_removing_a_handler(void) {
+    job j = {.size = 2, .servers = 0, .fn = remove_fn};
+    run_job(&j);
+}
+
 /* ---- many threads sending concurrently: messages never interleave ------------------ */
 
 typedef struct sender_arg {
@@ -350,6 +396,7 @@ int main(void) {
     RUN(test_message_sizes_and_chunking);
     RUN(test_gather_match_timeout);
     RUN(test_handlers_and_rpc);
+    RUN(test_removing_a_handler);
     RUN(test_concurrent_senders);
     RUN(test_leaving_node);
     RUN(test_missing_node_times_out);

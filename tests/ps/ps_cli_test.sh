@@ -45,17 +45,16 @@ awk 'BEGIN { srand(5); for (u = 0; u < 2003; u++) for (i = 0; i < 300; i++) if (
         a1 = sin(u); a2 = cos(u * 0.7); b1 = cos(i * 1.3); b2 = sin(i * 0.4)
         printf "%d %d %.4f\n", u, i, 3 + a1 * b1 + a2 * b2 + (rand() - 0.5) * 0.1 } }' >"$tmp/r.txt"
 # BSP and SSP learn the factors (about 0.31 measured; predicting the mean rating scores
-# its standard deviation, about 0.71). Async's staleness grows with the load on the
-# machine: 0.32 on an idle one, 0.73 once under a loaded CI run. It must still learn:
-# the factors start small, their predictions near zero, which scores the ratings' root mean square
-# (about 3.1), and async must end below a third of that.
-zero_rmse=$(awk '{ q += $3 * $3; n++ } END { printf "%.4f", sqrt(q / n) }' "$tmp/r.txt")
+# its standard deviation, about 0.71). Async's result varies with how the workers
+# interleave (0.28-0.47 over 20 runs; its last evaluation waits for the final model),
+# so it must beat the mean predictor clearly: below 0.85 of it.
+mean_rmse=$(awk '{ s += $3; q += $3 * $3; n++ } END { printf "%.4f", sqrt(q / n - (s / n) ^ 2) }' "$tmp/r.txt")
 for m in bsp ssp:2 async; do
     expect_rc "mf $m, unequal shards" 0 "$petrel" train --model mf --data "$tmp/r.txt" --rank 4 \
         --lr 0.05 --batch 128 --epochs 8 --servers 2 --workers 3 --sync "$m" --out "$tmp/mf-$m"
     if [[ $m == async ]]; then
-        at_most "mf $m test rmse (zero predictor $zero_rmse)" "$(field test_loss)" \
-            "$(awk -v m="$zero_rmse" 'BEGIN { print m / 3 }')"
+        at_most "mf $m test rmse (mean predictor $mean_rmse)" "$(field test_loss)" \
+            "$(awk -v m="$mean_rmse" 'BEGIN { print 0.85 * m }')"
     else
         at_most "mf $m test rmse" "$(field test_loss)" 0.45
     fi

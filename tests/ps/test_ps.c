@@ -1,8 +1,8 @@
 /* The parameter server in jobs of threads (the in-process transport): BSP against
  * a sequential run, the SSP bound under random delays, async, workers with unequal
- * numbers of clocks, server-side rules, managed communication that loses nothing,
- * several threads per worker process, snapshots and resume, and malformed
- * messages. */
+ * numbers of clocks, the final model after them, server-side rules, managed communication that
+ * loses nothing, several threads per worker process, snapshots and resume, and malformed messages.
+ */
 #include "check.h"
 #include "petrel/ps.h"
 #include "ps/ps_impl.h"
@@ -337,6 +337,62 @@ static void test_unequal_clocks_finish_under_every_model(void) {
     }
 }
 
+/* Worker 0 ends after 5 clocks and waits for the final model while its second
+ * thread and the other workers (one of them slow) go on: its read must show every
+ * delta of the job, whatever the consistency, and its handle may no longer write. */
+static void *final_second_thread(void *arg) {
+    petrel_ps_worker *w = arg;
+    float one = 1;
+    for (int i = 0; i < 8; i++) {
+        CHECK_OK(petrel_ps_inc(w, 0, 0, &one));
+        CHECK_OK(petrel_ps_clock(w));
+    }
+    CHECK_OK(petrel_ps_worker_finish(w));
+    return NULL;
+}
+
+static void final_worker(job *j, petrel_ps *ps, int worker) {
+    total_ctx *c = j->ctx;
+    petrel_ps_worker *w, *second = NULL;
+    CHECK_OK(petrel_ps_worker_new(ps, &w));
+    if (worker == 0) CHECK_OK(petrel_ps_worker_new(ps, &second));
+    pthread_t th;
+    if (second) pthread_create(&th, NULL, final_second_thread, second);
+    float one = 1, v;
+    for (int i = 0; i < c->clocks[worker]; i++) {
+        if (worker == 2) usleep(2000); /* the slow one */
+        CHECK_OK(petrel_ps_get(w, 0, 0, &v));
+        CHECK_OK(petrel_ps_inc(w, 0, 0, &one));
+        CHECK_OK(petrel_ps_clock(w));
+    }
+    if (worker == 0) {
+        CHECK_OK(petrel_ps_wait_final(w));
+        for (int k = 0; k < 2; k++) { /* fetched, then from the cache */
+            CHECK_OK(petrel_ps_get(w, 0, 0, &v));
+            CHECK(v == 45.0f);
+        }
+        CHECK(petrel_ps_inc(w, 0, 0, &one) == PETREL_ERR_STATE);
+        CHECK(petrel_ps_clock(w) == PETREL_ERR_STATE);
+        pthread_join(th, NULL);
+    }
+    CHECK_OK(petrel_ps_worker_finish(w));
+}
+
+static void test_wait_final_sees_every_delta(void) {
+    const char *models[] = {"bsp", "ssp:2", "async"};
+    for (int m = 0; m < 3; m++)
+        for (int push = 0; push < 2; push++) {
+            total_ctx c = {.clocks = {5, 12, 20}}; /* and 8 by worker 0's second thread */
+            job j = new_job(2, 3, final_worker);
+            j.specs[0] = petrel_ps_table_spec_default(PETREL_PS_DENSE, 4, 1);
+            CHECK_OK(petrel_ps_sync_parse(models[m], &j.specs[0].sync));
+            j.specs[0].push = push;
+            j.ntables = 1;
+            j.ctx = &c;
+            run_job(&j);
+        }
+}
+
 /* Every delta pushed, large or held back by the filter or sent early, arrives. */
 static void filter_worker(job *j, petrel_ps *ps, int worker) {
     total_ctx *c = j->ctx;
@@ -596,6 +652,7 @@ int main(void) {
     RUN_SEEDED(test_ssp_staleness_never_exceeds_bound, seed);
     RUN(test_async_never_waits);
     RUN(test_unequal_clocks_finish_under_every_model);
+    RUN(test_wait_final_sees_every_delta);
     RUN(test_server_side_sgd);
     RUN(test_managed_communication_loses_nothing);
     RUN(test_threads_share_one_process_cache);
