@@ -344,8 +344,9 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
     fn(ctx, net, &m);
     petreli_msgbuf_put(buf);
     pthread_mutex_lock(&net->mu);
-    if (--net->handlers[h->type].running == 0 && net->sleepers)
-        pthread_cond_broadcast(&net->cv); /* petrel_net_on may wait to remove it */
+    /* Waking the mailbox's sleepers after every call would cost the receivers dearly:
+     * only a removal waits for this. */
+    if (--net->handlers[h->type].running == 0 && net->removing) pthread_cond_broadcast(&net->cv);
     pthread_mutex_unlock(&net->mu);
 }
 
@@ -437,8 +438,10 @@ petrel_err petrel_net_on(petrel_net *net, uint8_t type, petrel_msg_handler handl
     net->handlers[type].fn = handler;
     net->handlers[type].ctx = ctx;
     /* Once removed, no call may still be using the old context (it may be freed next). */
+    net->removing++;
     while (!handler && net->handlers[type].running > 0)
         (void)petreli_wait_until(net, petrel_now_ns() + 100000000u);
+    net->removing--;
     pthread_mutex_unlock(&net->mu);
     return PETREL_OK;
 }

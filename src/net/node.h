@@ -99,6 +99,7 @@ struct petrel_net {
         void *ctx;
         int running; /* calls in progress, so that removing a handler can wait for them */
     } handlers[256];
+    int removing; /* threads in petrel_net_on waiting for a removed handler's calls */
     petrel_peer_failure_fn on_failure;
     void *on_failure_ctx;
 

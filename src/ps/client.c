@@ -168,6 +168,50 @@ static void on_advance(void *ctx, petrel_net *net, const petrel_msg *m) {
     pthread_mutex_unlock(&ps->mu);
 }
 
+/* ---- the log's batches ---------------------------------------------------------------- */
+
+/* A large inc_rows call to a summing table is appended to the log as it comes
+ * rather than coalesced key by key: a copy instead of a hash insert per key, which
+ * costs 5 to 20 times as much at millions of keys (bench_ps_store). A key pushed
+ * twice then goes out twice and the server sums it. A read merges the batches into
+ * the per-key log first (read-my-writes), and so does a clock that finds both in
+ * use. Small calls, the kind that repeat keys, keep coalescing; tables whose log
+ * is filtered or sent early by magnitude need the per-key log. */
+enum { BATCH_MIN_KEYS = 1024 };
+
+static bool batchable(const petrel_ps *ps, const ps_table *t, int64_t n) {
+    return n >= BATCH_MIN_KEYS && t->spec.rule == PETREL_PS_SUM && t->spec.significance <= 0 &&
+           ps->cfg.bandwidth_bytes_per_s <= 0;
+}
+
+static petrel_err batches_append(ps_batches *b, int64_t cols, const uint64_t *keys, int64_t n,
+                                 const float *deltas) {
+    if (n > b->cap - b->n) {
+        int64_t cap = b->cap ? b->cap : BATCH_MIN_KEYS;
+        while (cap < b->n + n) cap *= 2;
+        uint64_t *k = petrel_realloc(b->keys, (size_t)cap * sizeof *k);
+        if (!k) return PETREL_ERR_NOMEM;
+        b->keys = k;
+        float *v = petrel_realloc(b->values, (size_t)(cap * cols) * sizeof *v);
+        if (!v) return PETREL_ERR_NOMEM;
+        b->values = v;
+        b->cap = cap;
+    }
+    memcpy(b->keys + b->n, keys, (size_t)n * sizeof *keys);
+    memcpy(b->values + b->n * cols, deltas, (size_t)(n * cols) * sizeof *deltas);
+    b->n += n;
+    return PETREL_OK;
+}
+
+/* Moves a table's batches into its per-key log; call with ps->mu held. */
+static petrel_err merge_batches(ps_table *t) {
+    if (t->batched.n == 0) return PETREL_OK;
+    petrel_err err =
+        petreli_ps_store_apply(t->oplog, t->batched.keys, t->batched.n, t->batched.values, 0);
+    if (err == PETREL_OK) t->batched.n = 0;
+    return err;
+}
+
 /* ---- reads ------------------------------------------------------------------------- */
 
 /* Whether a cached row may be read now; call with ps->mu held. */
@@ -252,6 +296,7 @@ petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_
             break;
         }
     }
+    if (err == PETREL_OK) err = merge_batches(t); /* read-my-writes looks in the per-key log */
     if (err == PETREL_OK) {
         err = petreli_ps_store_gather(t->cache, keys, n, out, NULL);
         for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
@@ -304,8 +349,12 @@ petrel_err petrel_ps_inc_rows(petrel_ps_worker *w, uint32_t table, const uint64_
     if (err == PETREL_OK) err = check_table(ps, table);
     if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
     if (err != PETREL_OK) return err;
+    ps_table *t = &ps->tables[table];
     pthread_mutex_lock(&ps->mu);
-    err = petreli_ps_store_apply(ps->tables[table].oplog, keys, n, deltas, w->clock);
+    if (batchable(ps, t, n))
+        err = batches_append(&t->batched, t->spec.cols, keys, n, deltas);
+    else
+        err = petreli_ps_store_apply(t->oplog, keys, n, deltas, w->clock);
     pthread_mutex_unlock(&ps->mu);
     return err;
 }
@@ -331,6 +380,30 @@ static int sole_server(const ps_table *t, int servers) {
     return s0;
 }
 
+/* Moves a table's batches (its whole log) into o: with one server o points into
+ * them, kept as batched_sent until the next call; otherwise they are copied out
+ * by server. Call with ps->mu held. */
+static petrel_err take_batches(petrel_ps *ps, ps_table *t, outbox *o) {
+    ps_batches *b = &t->batched;
+    int64_t cols = t->spec.cols;
+    petrel_err err = outbox_init(o, ps->servers, cols, true, b->n / ps->servers + 1);
+    if (err == PETREL_OK && ps->servers == 1) {
+        o->borrowed = true;
+        o->n[0] = b->n;
+        o->keys[0] = b->keys;
+        o->values[0] = b->values;
+    }
+    for (int64_t i = 0; i < b->n && err == PETREL_OK && ps->servers > 1; i++)
+        err = outbox_add(o, petreli_ps_partition(&t->spec, b->keys[i], ps->servers), b->keys[i],
+                         b->values + i * cols);
+    if (err != PETREL_OK) return err; /* the batches stay */
+    ps_batches sent = *b;
+    *b = t->batched_sent;
+    b->n = 0;
+    t->batched_sent = sent;
+    return PETREL_OK;
+}
+
 /* Moves the operation log of every table into outboxes (one per table), keeping
  * back what the significance filter holds unless `all`. The log and its spare swap
  * roles, so a clock allocates nothing once they have grown; the spare keeps the
@@ -343,9 +416,14 @@ static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
     bool early = ps->cfg.bandwidth_bytes_per_s > 0; /* rows sent early are zero */
     for (int ti = 0; ti < ps->ntables && err == PETREL_OK; ti++) {
         ps_table *t = &ps->tables[ti];
+        petreli_ps_store_clear(t->spare); /* the log sent last time */
+        if (t->batched.n && petreli_ps_store_count(t->oplog)) err = merge_batches(t);
+        if (err == PETREL_OK && t->batched.n) {
+            err = take_batches(ps, t, &boxes[ti]);
+            continue;
+        }
         int64_t cols = t->spec.cols, count = petreli_ps_store_count(t->oplog);
         bool filter = !all && t->spec.significance > 0;
-        petreli_ps_store_clear(t->spare); /* the log sent last time */
         int sole = early || filter ? -1 : sole_server(t, ps->servers);
         err = outbox_init(&boxes[ti], ps->servers, cols, true,
                           sole >= 0 ? 1 : count / ps->servers + 1);
@@ -762,6 +840,13 @@ void petreli_ps_client_fini(petrel_ps *ps) {
     }
     for (int i = 0; i < ps->nthreads; i++) petrel_free(ps->threads[i]);
     petrel_free(ps->threads);
+    for (int t = 0; t < ps->ntables; t++) {
+        ps_batches *b[2] = {&ps->tables[t].batched, &ps->tables[t].batched_sent};
+        for (int k = 0; k < 2; k++) {
+            petrel_free(b[k]->keys);
+            petrel_free(b[k]->values);
+        }
+    }
     petrel_free(ps->server_clock);
     pthread_mutex_destroy(&ps->flush_mu);
 }

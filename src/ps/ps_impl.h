@@ -77,12 +77,21 @@ typedef struct waiting_get {
     uint64_t *keys;
 } waiting_get;
 
+/* Deltas kept in the order they came, repeats and all (client.c: batched). */
+typedef struct ps_batches {
+    uint64_t *keys;
+    float *values; /* n * cols */
+    int64_t n, cap;
+} ps_batches;
+
 typedef struct ps_table {
     petrel_ps_table_spec spec;
     petreli_ps_store *store; /* servers: their part */
     petreli_ps_store *cache; /* workers: fetched rows */
-    petreli_ps_store *oplog; /* workers: deltas not yet sent */
+    petreli_ps_store *oplog; /* workers: deltas not yet sent, one row per key */
     petreli_ps_store *spare; /* workers: the next clock's log (held rows move here) */
+    ps_batches batched;      /* workers: large pushes not yet sent, appended */
+    ps_batches batched_sent; /* workers: the last ones sent (an outbox may point here) */
 } ps_table;
 
 #define PS_MAX_TABLES 64

@@ -1,8 +1,8 @@
 /* The parameter server in jobs of threads (the in-process transport): BSP against
  * a sequential run, the SSP bound under random delays, async, workers with unequal
- * numbers of clocks, the final model after them, server-side rules, managed communication that
- * loses nothing, several threads per worker process, snapshots and resume, and malformed messages.
- */
+ * numbers of clocks, the final model after them, server-side rules, managed
+ * communication and large appended pushes that lose nothing, several threads per
+ * worker process, snapshots and resume, and malformed messages. */
 #include "check.h"
 #include "petrel/ps.h"
 #include "ps/ps_impl.h"
@@ -393,6 +393,77 @@ static void test_wait_final_sees_every_delta(void) {
         }
 }
 
+/* Large pushes to a summing table are appended rather than coalesced (client.c):
+ * a key pushed twice in a clock, alongside a small coalesced push of some of the
+ * same keys, must still count twice on the servers, and a read before the clock
+ * must show the process's own unsent deltas. BSP makes every read exact. */
+enum { BIG = 3000, SMALL = 10, BIG_CLOCKS = 4 };
+
+typedef struct big_ctx {
+    float table[BIG * 2];
+    _Atomic int checked;
+} big_ctx;
+
+static void big_worker(job *j, petrel_ps *ps, int worker) {
+    (void)j;
+    (void)worker;
+    petrel_ps_worker *w;
+    CHECK_OK(petrel_ps_worker_new(ps, &w));
+    static _Thread_local uint64_t keys[BIG];
+    static _Thread_local float d[BIG * 2];
+    for (int k = 0; k < BIG; k++) {
+        keys[k] = (uint64_t)k;
+        d[2 * k] = 1;
+        d[2 * k + 1] = 2;
+    }
+    const float half[SMALL * 2] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f,
+                                   0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    for (int c = 0; c < BIG_CLOCKS; c++) {
+        CHECK_OK(petrel_ps_inc_rows(w, 0, keys, BIG, d));
+        CHECK_OK(petrel_ps_inc_rows(w, 0, keys, SMALL, half));
+        CHECK_OK(petrel_ps_inc_rows(w, 0, keys, BIG, d));
+        if (c % 2 == 0) { /* odd clocks send their batches as they are */
+            uint64_t ask[3] = {0, SMALL, BIG - 1};
+            float got[6];
+            CHECK_OK(petrel_ps_get_rows(w, 0, ask, 3, got));
+            /* 2 workers' earlier clocks, then this clock's own deltas */
+            CHECK(got[0] == (float)c * 2 * 2.5f + 2.5f && got[1] == (float)c * 2 * 4.5f + 4.5f);
+            CHECK(got[2] == (float)c * 2 * 2 + 2 && got[3] == (float)c * 2 * 4 + 4);
+            CHECK(got[4] == got[2] && got[5] == got[3]);
+        }
+        CHECK_OK(petrel_ps_clock(w));
+    }
+    CHECK_OK(petrel_ps_worker_finish(w));
+}
+
+static void big_after_serve(job *j, petrel_ps *ps) {
+    big_ctx *c = j->ctx;
+    petreli_ps_store *s = ps->tables[0].store;
+    for (int64_t slot = 0; slot < petreli_ps_store_count(s); slot++) {
+        uint64_t key = petreli_ps_store_key(s, slot);
+        if (key < BIG) memcpy(&c->table[key * 2], petreli_ps_store_row(s, slot), 2 * sizeof(float));
+    }
+    atomic_fetch_add(&c->checked, 1);
+}
+
+static void test_large_pushes_count_every_delta(void) {
+    big_ctx c = {0};
+    job j = new_job(2, 2, big_worker);
+    j.specs[0] = petrel_ps_table_spec_default(PETREL_PS_SPARSE, 0, 2);
+    j.ntables = 1;
+    j.ctx = &c;
+    j.after_serve = big_after_serve;
+    run_job(&j);
+    CHECK(atomic_load(&c.checked) == 2);
+    bool exact = true;
+    for (int k = 0; k < BIG; k++) {
+        float extra = k < SMALL ? 0.5f : 0; /* per push of the small batch */
+        exact &= c.table[2 * k] == BIG_CLOCKS * 2 * (2 + extra);
+        exact &= c.table[2 * k + 1] == BIG_CLOCKS * 2 * (4 + extra);
+    }
+    CHECK(exact);
+}
+
 /* Every delta pushed, large or held back by the filter or sent early, arrives. */
 static void filter_worker(job *j, petrel_ps *ps, int worker) {
     total_ctx *c = j->ctx;
@@ -655,6 +726,7 @@ int main(void) {
     RUN(test_wait_final_sees_every_delta);
     RUN(test_server_side_sgd);
     RUN(test_managed_communication_loses_nothing);
+    RUN(test_large_pushes_count_every_delta);
     RUN(test_threads_share_one_process_cache);
     RUN(test_snapshot_and_resume);
     RUN(test_malformed_messages_are_ignored);
