@@ -98,7 +98,8 @@ static job new_job(int servers, int workers, worker_fn work) {
     return j;
 }
 
-/* Reads a server's part of table t into full (rows x cols), from the store. */
+/* Reads a server's part of table t into full (rows x cols; a sparse table's keys
+ * must be below rows), from the store. */
 static void server_rows(petrel_ps *ps, uint32_t t, float *full, int64_t cols) {
     petreli_ps_store *s = ps->tables[t].store;
     for (int64_t slot = 0; slot < petreli_ps_store_count(s); slot++)
@@ -438,11 +439,7 @@ static void big_worker(job *j, petrel_ps *ps, int worker) {
 
 static void big_after_serve(job *j, petrel_ps *ps) {
     big_ctx *c = j->ctx;
-    petreli_ps_store *s = ps->tables[0].store;
-    for (int64_t slot = 0; slot < petreli_ps_store_count(s); slot++) {
-        uint64_t key = petreli_ps_store_key(s, slot);
-        if (key < BIG) memcpy(&c->table[key * 2], petreli_ps_store_row(s, slot), 2 * sizeof(float));
-    }
+    server_rows(ps, 0, c->table, 2); /* the keys are 0 .. BIG-1 */
     atomic_fetch_add(&c->checked, 1);
 }
 
