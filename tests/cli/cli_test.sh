@@ -3,18 +3,7 @@
 # error messages, and the files a short training run leaves.
 set -u
 petrel=${1:?usage: cli_test.sh PATH_TO_PETREL}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL - $1 ($2)"; failed=$((failed + 1)); }
-expect_rc() { # name want_rc command...
-    local name=$1 want=$2; shift 2
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    local rc=$?
-    if [[ $rc -eq $want ]]; then ok "$name"; else fail "$name" "exit $rc, expected $want: $(head -c 300 "$tmp/err")"; fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/../tap.sh"
 
 expect_rc "help exits 0" 0 "$petrel" --help
 grep -q "train" "$tmp/out" && ok "help lists train" || fail "help lists train" "no 'train' in help"
@@ -141,5 +130,4 @@ expect_rc "mf without data" 2 "$petrel" train --model mf
 expect_rc "test-fraction outside mf" 2 "$petrel" train --model logreg --test-fraction 0.2 \
     --data "$tmp/train.svm"
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 ]]
+tap_done

@@ -17,12 +17,7 @@ if ! command -v mpirun >/dev/null 2>&1; then
     echo "skip - mpirun is not installed (apt-get install openmpi-bin)"
     exit 77
 fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL - $1 ($2)"; failed=$((failed + 1)); }
+. "$(dirname "${BASH_SOURCE[0]}")/../tap.sh"
 
 # check NAME RC NP: the run exited 0, and each of its NP processes ended with
 # "N passed, 0 failed".
@@ -44,21 +39,6 @@ check "without mpirun, the MPI backend is refused" $? 1
 
 # ---- 2 and 3. mpirun -----------------------------------------------------------------
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-
-# A port below the kernel's ephemeral range (usually 32768..60999), so no outgoing
-# connection holds it; retried with another one when it is taken anyway.
-free_port() {
-    local p
-    for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 12000))
-        if command -v ss >/dev/null 2>&1; then
-            ss -Htln "sport = :$p" 2>/dev/null | grep -q . && continue
-        fi
-        echo "$p"
-        return
-    done
-    echo $((20000 + RANDOM % 12000))
-}
 
 # job NP ARGS...: one mpirun job of NP processes; output in $tmp/out and $tmp/err.
 job() {
@@ -86,5 +66,4 @@ done
 job 2 --permuted
 check "mpirun -np 2, petrel ranks not MPI ranks: the MPI backend is refused" $? 2
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 ]]
+tap_done

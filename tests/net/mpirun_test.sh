@@ -10,13 +10,7 @@
 set -u
 petrel=${1:?usage: mpirun_test.sh PATH_TO_PETREL PATH_TO_PETREL_JOB_SMOKE}
 smoke=${2:?usage: mpirun_test.sh PATH_TO_PETREL PATH_TO_PETREL_JOB_SMOKE}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL - $1 ($2)"; failed=$((failed + 1)); }
-done_() { echo "$passed passed, $failed failed"; [[ $failed -eq 0 ]] || exit 1; exit "${1:-0}"; }
+. "$(dirname "${BASH_SOURCE[0]}")/../tap.sh"
 
 # check NAME RC: the run exited 0 and each of the 4 ranks said "rank R ok" with the
 # right role (the rank rule with 1 server).
@@ -69,27 +63,11 @@ rc=$?
 # ---- 2 and 3. mpirun ------------------------------------------------------------------
 if ! command -v mpirun >/dev/null 2>&1; then
     echo "skip - mpirun is not installed (apt-get install openmpi-bin)"
-    [[ $failed -eq 0 ]] || done_
-    echo "$passed passed, $failed failed"
-    exit 77
+    tap_done 77
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi=(mpirun --oversubscribe --bind-to none -np 4)
 
-# A port below the kernel's ephemeral range (usually 32768..60999), so no outgoing
-# connection holds it; retried with another one when it is taken anyway.
-free_port() {
-    local p
-    for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 12000))
-        if command -v ss >/dev/null 2>&1; then
-            ss -Htln "sport = :$p" 2>/dev/null | grep -q . && continue
-        fi
-        echo "$p"
-        return
-    done
-    echo $((20000 + RANDOM % 12000))
-}
 
 token=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 for attempt in 1 2 3; do
@@ -121,4 +99,4 @@ PETREL_SERVERS=1 PETREL_RANK=9 PETREL_SIZE=4 timeout -k 5 60 "${mpi[@]}" -x PETR
 rc=$?
 [[ $rc -ne 0 ]] && grep -q "PETREL_RANK='9'" "$tmp/err" && ok "a bad PETREL_RANK fails the job" ||
     fail "a bad PETREL_RANK fails the job" "exit $rc: $(tail -c 500 "$tmp/err")"
-done_
+tap_done

@@ -6,17 +6,7 @@
 # Hogwild! threads inside the workers learn as a single process does.
 set -u
 petrel=${1:?usage: ps_cli_test.sh PATH_TO_PETREL}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL - $1 ($2)"; failed=$((failed + 1)); }
-expect_rc() { # name want_rc command...
-    local name=$1 want=$2; shift 2
-    timeout 120 "$@" >"$tmp/out" 2>"$tmp/err"
-    local rc=$?
-    if [[ $rc -eq $want ]]; then ok "$name"; else fail "$name" "exit $rc, expected $want: $(tail -c 400 "$tmp/err")"; fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/../tap.sh"
 field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" "$tmp/out" | tail -1; }
 at_least() { awk -v a="${2:-0}" -v b="$3" 'BEGIN { exit !(a >= b) }' && ok "$1 $2 >= $3" || fail "$1" "got '$2'"; }
 at_most() { awk -v a="${2:-99}" -v b="$3" 'BEGIN { exit !(a <= b) }' && ok "$1 $2 <= $3" || fail "$1" "got '$2'"; }
@@ -102,5 +92,4 @@ else
     echo "skip - WordNet is not installed"
 fi
 
-echo "$passed passed, $failed failed"
-[[ $failed -eq 0 ]]
+tap_done
