@@ -20,19 +20,17 @@ static petrel_ps_table_spec local_spec(const petrel_ps_table_spec *spec) {
     return s;
 }
 
-static petrel_err check_keys(const ps_table *t, uint32_t table, const uint64_t *keys, int64_t n) {
+/* The table exists and, when dense, holds every key. */
+static petrel_err check_rows(const petrel_ps *ps, uint32_t table, const uint64_t *keys, int64_t n) {
+    if (table >= (uint32_t)ps->ntables)
+        return petrel_error_set(PETREL_ERR_INVALID, "ps: no table %u", table);
+    const ps_table *t = &ps->tables[table];
     if (t->spec.kind != PETREL_PS_DENSE) return PETREL_OK;
     for (int64_t i = 0; i < n; i++)
         if (keys[i] >= (uint64_t)t->spec.rows)
             return petrel_error_set(PETREL_ERR_INVALID, "ps table %u: row %llu outside 0..%lld",
                                     table, (unsigned long long)keys[i],
                                     (long long)t->spec.rows - 1);
-    return PETREL_OK;
-}
-
-static petrel_err check_table(const petrel_ps *ps, uint32_t table) {
-    if (table >= (uint32_t)ps->ntables)
-        return petrel_error_set(PETREL_ERR_INVALID, "ps: no table %u", table);
     return PETREL_OK;
 }
 
@@ -270,10 +268,9 @@ static int64_t need_of(const ps_table *t, const petrel_ps_worker *w) {
 petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_t *keys, int64_t n,
                               float *out) {
     petrel_ps *ps = w->ps;
-    petrel_err err = check_table(ps, table);
+    petrel_err err = check_rows(ps, table, keys, n);
     if (err != PETREL_OK) return err;
     ps_table *t = &ps->tables[table];
-    if ((err = check_keys(t, table, keys, n)) != PETREL_OK) return err;
     int64_t need = need_of(t, w);
     uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
     bool waited = false;
@@ -330,8 +327,7 @@ petrel_err petrel_ps_get(petrel_ps_worker *w, uint32_t table, uint64_t key, floa
 petrel_err petrel_ps_prefetch(petrel_ps_worker *w, uint32_t table, const uint64_t *keys,
                               int64_t n) {
     petrel_ps *ps = w->ps;
-    petrel_err err = check_table(ps, table);
-    if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
+    petrel_err err = check_rows(ps, table, keys, n);
     if (err != PETREL_OK) return err;
     bool all_fresh, sent;
     pthread_mutex_lock(&ps->mu);
@@ -346,8 +342,7 @@ petrel_err petrel_ps_inc_rows(petrel_ps_worker *w, uint32_t table, const uint64_
                               const float *deltas) {
     petrel_ps *ps = w->ps;
     petrel_err err = check_training(w);
-    if (err == PETREL_OK) err = check_table(ps, table);
-    if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
+    if (err == PETREL_OK) err = check_rows(ps, table, keys, n);
     if (err != PETREL_OK) return err;
     ps_table *t = &ps->tables[table];
     pthread_mutex_lock(&ps->mu);
@@ -577,8 +572,7 @@ petrel_err petrel_ps_set_rows(petrel_ps_worker *w, uint32_t table, const uint64_
                               const float *values) {
     petrel_ps *ps = w->ps;
     petrel_err err = check_training(w);
-    if (err == PETREL_OK) err = check_table(ps, table);
-    if (err == PETREL_OK) err = check_keys(&ps->tables[table], table, keys, n);
+    if (err == PETREL_OK) err = check_rows(ps, table, keys, n);
     if (err != PETREL_OK) return err;
     ps_table *t = &ps->tables[table];
     int64_t cols = t->spec.cols;
