@@ -432,6 +432,24 @@ static petrel_err mismatch(petreli_coll_call *call, int from, const petreli_coll
 
 enum { TAKEN = 0, CONSUMED = 1 };
 
+/* Fails the call with the reason in member from's ABORT m (released), which was
+ * sent in this call or, when h->seq is the call before, in that one. */
+static petrel_err aborted(petreli_coll_call *call, petrel_msg *m, int from,
+                          const petreli_coll_header *h) {
+    char who[48], when[48] = "";
+    size_t len = m->len - PETRELI_COLL_HEADER;
+    if (len > 400) len = 400;
+    const char *text = (const char *)m->data + PETRELI_COLL_HEADER;
+    petrel_err err =
+        h->root > 0 && h->root < PETREL_ERR_COUNT ? (petrel_err)h->root : PETREL_ERR_STATE;
+    if (h->seq != call->want.seq)
+        snprintf(when, sizeof when, " in call #%u, the one before", h->seq);
+    err = fail(call, err, "%s reported%s: %.*s", member_name(call->c, from, who, sizeof who), when,
+               (int)len, text);
+    petrel_msg_release(m);
+    return err;
+}
+
 /* Looks at a message of this call's id from member `from`: a stale one (another
  * call that shares the id) or a NOTICE is consumed; an ABORT or a message of
  * another call fails the call. *h: its header. */
@@ -451,16 +469,8 @@ static petrel_err admit(petreli_coll_call *call, petrel_msg *m, int from, petrel
         return PETREL_OK;
     }
     if (h->kind == PETRELI_COLL_ABORT) {
-        size_t len = m->len - PETRELI_COLL_HEADER;
-        if (len > 400) len = 400;
-        const char *text = (const char *)m->data + PETRELI_COLL_HEADER;
-        petrel_err err =
-            h->root > 0 && h->root < PETREL_ERR_COUNT ? (petrel_err)h->root : PETREL_ERR_STATE;
         call->relayed = true;
-        err = fail(call, err, "%s reported: %.*s", member_name(c, from, who, sizeof who), (int)len,
-                   text);
-        petrel_msg_release(m);
-        return err;
+        return aborted(call, m, from, h);
     }
     c->heard[from] = 1;
     if (h->kind == PETRELI_COLL_NOTICE) {
@@ -549,6 +559,19 @@ static petrel_err better_story(petreli_coll_call *call, petrel_err err) {
         petrel_err e = admit(call, &m, from, &h, &what);
         if (e != PETREL_OK) return e;
         if (what == TAKEN) petrel_msg_release(&m);
+    }
+    /* A member that failed the call before, which this rank finished, never comes
+     * to this one: its ABORT still waits under the previous call's id. */
+    uint32_t prev = call_id(c, call->want.seq - 1);
+    while (call->want.seq > 1 &&
+           petrel_net_recv(c->net, PETREL_ANY_SOURCE, PETREL_MSG_COLL, prev, &m, 0) == PETREL_OK) {
+        int from = m.src >= 0 && m.src < c->net_size ? c->member_of[m.src] : -1;
+        petreli_coll_header h;
+        if (from >= 0 && from != c->rank && m.len >= PETRELI_COLL_HEADER &&
+            petreli_coll_header_decode(m.data, &h) && h.kind == PETRELI_COLL_ABORT &&
+            h.seq == call->want.seq - 1)
+            return aborted(call, &m, from, &h);
+        petrel_msg_release(&m);
     }
     memcpy(call->why, why, sizeof why);
     return petrel_error_set(err, "%s", saved);

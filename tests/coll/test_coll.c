@@ -2,8 +2,9 @@
  * Every collective and reduction against a reference computed here in double, for
  * sizes around the member count, odd sizes and 4 MiB, with each allreduce algorithm
  * and float16 on the wire; identical bits on every member; mismatched calls, a
- * member that never calls, and two communicators at once on one net. Also float16
- * conversion, exhaustively over the 65536 halves. */
+ * member that never calls, one that failed the call before and left, and two
+ * communicators at once on one net. Also float16 conversion, exhaustively over the
+ * 65536 halves. */
 #include "check.h"
 #include "coll/coll_impl.h"
 #include "petrel/coll.h"
@@ -629,6 +630,34 @@ static void test_absent_member(void) {
         if (r != 2) CHECK(j.took_ms[r] >= 350);
 }
 
+/* Rank 2 fails call #1 (made up here: the others finish theirs without it) and
+ * leaves the job. The others wait for it in call #2, and must report why it failed
+ * in #1, which its ABORT says, not merely that it left. */
+static void failed_before_fn(job *j, petrel_net *net, int r) {
+    petrel_comm *c = make_comm(net, j->size, 12, short_timeout());
+    if (!c) return;
+    petreli_coll_call call;
+    petreli_coll_begin(&call, c, PETRELI_COLL_ALLREDUCE, PETREL_REDUCE_SUM, 100, 0,
+                       PETREL_ALGO_RING);
+    (void)petreli_coll_end(&call, r == 2 ? petrel_error_set(PETREL_ERR_IO, "the made-up failure")
+                                         : PETREL_OK);
+    if (r != 2) {
+        float x[100] = {0};
+        uint64_t t0 = petrel_now_ns();
+        j->err[r] = petrel_allreduce(c, x, 100, PETREL_REDUCE_SUM);
+        j->took_ms[r] = (double)(petrel_now_ns() - t0) * 1e-6;
+        snprintf(j->msg[r], sizeof j->msg[r], "%s", petrel_errmsg());
+    }
+    petrel_comm_free(c);
+}
+
+static void test_member_failed_the_call_before(void) {
+    job j = {.size = 3, .fn = failed_before_fn};
+    run_job(&j);
+    check_all_failed(&j, 2, PETREL_ERR_IO, "rank 2 reported in call #1", "the made-up failure",
+                     400);
+}
+
 /* ---- two communicators on one net, from two threads --------------------------------- */
 
 typedef struct pair_arg {
@@ -691,6 +720,7 @@ int main(void) {
     RUN(test_mismatched_kind);
     RUN(test_mismatched_configuration);
     RUN(test_absent_member);
+    RUN(test_member_failed_the_call_before);
     RUN(test_two_communicators_concurrently);
     CHECK_NO_LEAKS(before);
     return CHECK_DONE();
