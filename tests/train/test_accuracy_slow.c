@@ -1,6 +1,6 @@
 /* Trained accuracy on real Fashion-MNIST, with conservative thresholds for short
  * runs (the full targets, e.g. MLP >= 0.86 after 5 epochs, are checked by make run
- * and stated in docs/bench.md). Skipped when the dataset is not installed. */
+ * and stated in docs/cli.md). Skipped when the dataset is not installed. */
 #include "apps.h"
 #include "check.h"
 
