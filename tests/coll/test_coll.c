@@ -6,6 +6,7 @@
  * communicators at once on one net. Also float16 conversion, exhaustively over the
  * 65536 halves. */
 #include "check.h"
+#include "inprocjob.h"
 #include "coll/coll_impl.h"
 #include "petrel/coll.h"
 
@@ -19,9 +20,7 @@ typedef void (*node_fn)(job *j, petrel_net *net, int rank);
 
 struct job {
     int size;
-    petrel_inproc_hub *hub;
     node_fn fn;
-    petrel_err start_err[MAX_NODES];
     uint64_t seed;
     /* per case, per member: a hash of the result, to compare the members' bits */
     uint64_t *hash;
@@ -34,41 +33,14 @@ struct job {
     int param; /* a test's own knob */
 };
 
-typedef struct node_arg {
-    job *j;
-    int rank;
-} node_arg;
-
-static void *node_main(void *p) {
-    node_arg *a = p;
-    job *j = a->j;
-    petrel_net_config cfg = petrel_net_config_default();
-    cfg.rank = a->rank;
-    cfg.size = j->size;
-    cfg.transport = PETREL_TRANSPORT_INPROC;
-    cfg.inproc_hub = j->hub;
-    cfg.connect_timeout_ms = 20000;
-    petrel_net *net = NULL;
-    j->start_err[a->rank] = petrel_net_start(&net, &cfg);
-    if (j->start_err[a->rank] == PETREL_OK) {
-        j->fn(j, net, a->rank);
-        petrel_net_stop(net);
-    }
-    return NULL;
+static void node_main(void *ctx, petrel_net *net, int rank) {
+    job *j = ctx;
+    j->fn(j, net, rank);
 }
 
 static void run_job(job *j) {
-    pthread_t th[MAX_NODES];
-    node_arg args[MAX_NODES];
     j->hash = calloc((size_t)MAX_CASES * MAX_NODES, sizeof *j->hash);
-    CHECK_OK(petrel_inproc_hub_new(&j->hub, j->size));
-    for (int r = 0; r < j->size; r++) {
-        args[r] = (node_arg){j, r};
-        pthread_create(&th[r], NULL, node_main, &args[r]);
-    }
-    for (int r = 0; r < j->size; r++) pthread_join(th[r], NULL);
-    for (int r = 0; r < j->size; r++) CHECK_OK(j->start_err[r]);
-    petrel_inproc_hub_free(j->hub);
+    CHECK_OK(inprocjob_run(j->size, 0, node_main, j));
     /* every member ran the same cases and ended with the same bits */
     for (int r = 1; r < j->size; r++) CHECK(j->cases[r] == j->cases[0]);
     for (int k = 0; k < j->cases[0] && k < MAX_CASES; k++)

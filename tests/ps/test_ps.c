@@ -4,6 +4,7 @@
  * communication and large appended pushes that lose nothing, several threads per
  * worker process, snapshots and resume, and malformed messages. */
 #include "check.h"
+#include "inprocjob.h"
 #include "petrel/ps.h"
 #include "ps/ps_impl.h"
 
@@ -29,31 +30,14 @@ struct job {
     petrel_ps_config cfg;
     worker_fn work;
     server_fn after_serve; /* on servers, after petrel_ps_serve (may be NULL) */
-    petrel_inproc_hub *hub;
     petrel_err err[MAX_NODES];
     void *ctx;
 };
 
-typedef struct node_arg {
-    job *j;
-    int rank;
-} node_arg;
-
-static void *node_main(void *arg) {
-    node_arg *a = arg;
-    job *j = a->j;
-    int size = 1 + j->servers + j->workers;
-    petrel_net_config nc = petrel_net_config_default();
-    nc.rank = a->rank;
-    nc.size = size;
-    nc.servers = j->servers;
-    nc.transport = PETREL_TRANSPORT_INPROC;
-    nc.inproc_hub = j->hub;
-    nc.connect_timeout_ms = 10000;
-    petrel_net *net = NULL;
-    petrel_err err = petrel_net_start(&net, &nc);
+static void node_main(void *ctx, petrel_net *net, int rank) {
+    job *j = ctx;
     petrel_ps *ps = NULL;
-    if (err == PETREL_OK) err = petrel_ps_start(&ps, net, &j->cfg);
+    petrel_err err = petrel_ps_start(&ps, net, &j->cfg);
     for (int t = 0; t < j->ntables && err == PETREL_OK; t++) {
         uint32_t id;
         err = petrel_ps_table_create(ps, &j->specs[t], &id);
@@ -62,33 +46,22 @@ static void *node_main(void *arg) {
     if (err == PETREL_OK) {
         petrel_role role = petrel_net_role(net);
         if (role == PETREL_ROLE_WORKER) {
-            j->work(j, ps, a->rank - 1 - j->servers);
+            j->work(j, ps, rank - 1 - j->servers);
         } else {
             err = petrel_ps_serve(ps);
             if (err == PETREL_OK && role == PETREL_ROLE_SERVER && j->after_serve)
                 j->after_serve(j, ps);
         }
     }
-    if (err != PETREL_OK) fprintf(stderr, "rank %d: %s\n", a->rank, petrel_errmsg());
+    if (err != PETREL_OK) fprintf(stderr, "rank %d: %s\n", rank, petrel_errmsg());
     petrel_err stop = petrel_ps_stop(ps);
-    if (err == PETREL_OK) err = stop;
-    petrel_net_stop(net);
-    j->err[a->rank] = err;
-    return NULL;
+    j->err[rank] = err == PETREL_OK ? stop : err;
 }
 
 static void run_job(job *j) {
     int size = 1 + j->servers + j->workers;
-    pthread_t th[MAX_NODES];
-    node_arg args[MAX_NODES];
-    CHECK_OK(petrel_inproc_hub_new(&j->hub, size));
-    for (int r = 0; r < size; r++) {
-        args[r] = (node_arg){j, r};
-        pthread_create(&th[r], NULL, node_main, &args[r]);
-    }
-    for (int r = 0; r < size; r++) pthread_join(th[r], NULL);
+    CHECK_OK(inprocjob_run(size, j->servers, node_main, j));
     for (int r = 0; r < size; r++) CHECK_OK(j->err[r]);
-    petrel_inproc_hub_free(j->hub);
 }
 
 static job new_job(int servers, int workers, worker_fn work) {

@@ -7,10 +7,10 @@
  * workers (in-process jobs): one worker with one thread retraces the single-process
  * run, and 2 workers x 2 threads learn. */
 #include "check.h"
+#include "inprocjob.h"
 #include "petrel/hogwild.h"
 #include "petrel/train.h"
 
-#include <pthread.h>
 
 #include <stdatomic.h>
 #include <unistd.h>
@@ -381,57 +381,29 @@ typedef struct ps_job {
     petrel_ps_train_config pc;
     const petrel_dataset *train, *test;
     const petrel_ratings *rtrain, *rtest;
-    petrel_inproc_hub *hub;
     petrel_err err[PS_MAX_NODES];
     char msg[PS_MAX_NODES][200]; /* each node's error message */
     petrel_train_result r[PS_MAX_NODES];
 } ps_job;
 
-typedef struct ps_node {
-    ps_job *j;
-    int rank;
-} ps_node;
-
-static void *ps_node_main(void *arg) {
-    ps_node *a = arg;
-    ps_job *j = a->j;
-    petrel_net_config nc = petrel_net_config_default();
-    nc.rank = a->rank;
-    nc.size = 1 + j->servers + j->workers;
-    nc.servers = j->servers;
-    nc.transport = PETREL_TRANSPORT_INPROC;
-    nc.inproc_hub = j->hub;
-    nc.connect_timeout_ms = 10000;
-    petrel_net *net = NULL;
+static void ps_node_main(void *ctx, petrel_net *net, int rank) {
+    ps_job *j = ctx;
     petrel_ps *ps = NULL;
     petrel_ps_config cfg = petrel_ps_config_default();
     cfg.timeout_ms = 30000;
-    petrel_err err = petrel_net_start(&net, &nc);
-    if (err == PETREL_OK) err = petrel_ps_start(&ps, net, &cfg);
-    petrel_train_result *r = &j->r[a->rank];
+    petrel_err err = petrel_ps_start(&ps, net, &cfg);
+    petrel_train_result *r = &j->r[rank];
     if (err == PETREL_OK)
         err = j->rtrain ? petrel_train_ps_mf(ps, j->rtrain, j->rtest, &j->tc, j->pc, r)
                         : petrel_train_ps_logreg(ps, j->train, j->test, &j->tc, j->pc, r);
-    if (err != PETREL_OK) snprintf(j->msg[a->rank], sizeof j->msg[a->rank], "%s", petrel_errmsg());
+    if (err != PETREL_OK) snprintf(j->msg[rank], sizeof j->msg[rank], "%s", petrel_errmsg());
     petrel_err stop = petrel_ps_stop(ps);
-    petrel_net_stop(net);
-    j->err[a->rank] = err != PETREL_OK ? err : stop;
-    return NULL;
+    j->err[rank] = err != PETREL_OK ? err : stop;
 }
 
 /* Runs the nodes of j to their end. */
 static void start_ps_job(ps_job *j) {
-    int size = 1 + j->servers + j->workers;
-    pthread_t th[PS_MAX_NODES];
-    ps_node args[PS_MAX_NODES];
-    CHECK_OK(petrel_inproc_hub_new(&j->hub, size));
-    if (check_current_failed) return;
-    for (int k = 0; k < size; k++) {
-        args[k] = (ps_node){j, k};
-        pthread_create(&th[k], NULL, ps_node_main, &args[k]);
-    }
-    for (int k = 0; k < size; k++) pthread_join(th[k], NULL);
-    petrel_inproc_hub_free(j->hub);
+    CHECK_OK(inprocjob_run(1 + j->servers + j->workers, j->servers, ps_node_main, j));
 }
 
 /* Runs j, which must succeed; the first worker's result (rank 1 + servers) in *r. */
