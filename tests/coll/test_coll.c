@@ -40,7 +40,7 @@ static void node_main(void *ctx, petrel_net *net, int rank) {
 
 static void run_job(job *j) {
     j->hash = calloc((size_t)MAX_CASES * MAX_NODES, sizeof *j->hash);
-    CHECK_OK(inprocjob_run(j->size, 0, node_main, j));
+    CHECK_OK(inprocjob_run(j->size, 0, NULL, node_main, j));
     /* every member ran the same cases and ended with the same bits */
     for (int r = 1; r < j->size; r++) CHECK(j->cases[r] == j->cases[0]);
     for (int k = 0; k < j->cases[0] && k < MAX_CASES; k++)

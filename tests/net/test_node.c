@@ -3,6 +3,7 @@
  * RPC, barriers, and what happens when a node leaves. Each test runs a job of
  * several nodes on threads. */
 #include "check.h"
+#include "inprocjob.h"
 #include "petrel/net.h"
 
 #include <pthread.h>
@@ -17,17 +18,10 @@ typedef void (*node_fn)(job *j, petrel_net *net);
 
 struct job {
     int size, servers;
-    petrel_inproc_hub *hub;
     node_fn fn;
     uint32_t frame_bytes;
-    petrel_err start_err[8];
     int failures[8]; /* failure callbacks seen by each node */
 };
-
-typedef struct node_arg {
-    job *j;
-    int rank;
-} node_arg;
 
 static void on_failure(void *ctx, int peer, const char *why) {
     (void)peer;
@@ -35,38 +29,17 @@ static void on_failure(void *ctx, int peer, const char *why) {
     __atomic_add_fetch((int *)ctx, 1, __ATOMIC_SEQ_CST);
 }
 
-static void *node_main(void *arg) {
-    node_arg *a = arg;
-    job *j = a->j;
-    petrel_net_config cfg = petrel_net_config_default();
-    cfg.rank = a->rank;
-    cfg.size = j->size;
-    cfg.servers = j->servers;
-    cfg.transport = PETREL_TRANSPORT_INPROC;
-    cfg.inproc_hub = j->hub;
-    cfg.connect_timeout_ms = 10000;
-    if (j->frame_bytes) cfg.frame_bytes = j->frame_bytes;
-    petrel_net *net = NULL;
-    j->start_err[a->rank] = petrel_net_start(&net, &cfg);
-    if (j->start_err[a->rank] == PETREL_OK) {
-        petrel_net_on_failure(net, on_failure, &j->failures[a->rank]);
-        j->fn(j, net);
-        petrel_net_stop(net);
-    }
-    return NULL;
+static void node_main(void *ctx, petrel_net *net, int rank) {
+    job *j = ctx;
+    petrel_net_on_failure(net, on_failure, &j->failures[rank]);
+    j->fn(j, net);
 }
 
 static void run_job(job *j) {
-    pthread_t th[8];
-    node_arg args[8];
-    CHECK_OK(petrel_inproc_hub_new(&j->hub, j->size));
-    for (int r = 0; r < j->size; r++) {
-        args[r] = (node_arg){j, r};
-        pthread_create(&th[r], NULL, node_main, &args[r]);
-    }
-    for (int r = 0; r < j->size; r++) pthread_join(th[r], NULL);
-    for (int r = 0; r < j->size; r++) CHECK_OK(j->start_err[r]);
-    petrel_inproc_hub_free(j->hub);
+    petrel_net_config cfg = petrel_net_config_default();
+    cfg.connect_timeout_ms = 10000;
+    if (j->frame_bytes) cfg.frame_bytes = j->frame_bytes;
+    CHECK_OK(inprocjob_run(j->size, j->servers, &cfg, node_main, j));
 }
 
 /* ---- roles ------------------------------------------------------------------- */

@@ -60,7 +60,7 @@ static void node_main(void *ctx, petrel_net *net, int rank) {
 
 static void run_job(job *j) {
     int size = 1 + j->servers + j->workers;
-    CHECK_OK(inprocjob_run(size, j->servers, node_main, j));
+    CHECK_OK(inprocjob_run(size, j->servers, NULL, node_main, j));
     for (int r = 0; r < size; r++) CHECK_OK(j->err[r]);
 }
 

@@ -11,7 +11,6 @@
 #include "petrel/hogwild.h"
 #include "petrel/train.h"
 
-
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -403,7 +402,7 @@ static void ps_node_main(void *ctx, petrel_net *net, int rank) {
 
 /* Runs the nodes of j to their end. */
 static void start_ps_job(ps_job *j) {
-    CHECK_OK(inprocjob_run(1 + j->servers + j->workers, j->servers, ps_node_main, j));
+    CHECK_OK(inprocjob_run(1 + j->servers + j->workers, j->servers, NULL, ps_node_main, j));
 }
 
 /* Runs j, which must succeed; the first worker's result (rank 1 + servers) in *r. */
