@@ -150,18 +150,11 @@ static petrel_err work(petrel_ps *ps, petrel_ps_worker *w, petreli_ps_app *a,
     r->steps = steps;
     r->wall_s = petrel_now_s() - t_start;
     r->samples_per_sec = busy > 0 ? (double)samples_total / busy : 0;
+    r->peak_rss_mb = petrel_peak_rss_mb();
     if (mf && err == PETREL_OK) {
         petrel_ps_stats st = petrel_ps_get_stats(ps);
-        petrel_metrics_begin(mf, "final");
-        petrel_metrics_str(mf, "model", a->name);
+        petreli_final_event_begin(mf, a->name, r);
         petrel_metrics_str(mf, "sync", sync);
-        petrel_metrics_int(mf, "epochs", r->epochs);
-        petrel_metrics_int(mf, "steps", steps);
-        petrel_metrics_num(mf, "train_loss", r->train_loss);
-        petrel_metrics_num(mf, "test_loss", r->test_loss);
-        petrel_metrics_num(mf, "test_accuracy", r->test_accuracy);
-        petrel_metrics_num(mf, "samples_per_sec", r->samples_per_sec);
-        petrel_metrics_num(mf, "wall_s", r->wall_s);
         petrel_metrics_num(mf, "wait_get_s", st.wait_get_s);
         petrel_metrics_num(mf, "wait_clock_s", st.wait_clock_s);
         petrel_metrics_int(mf, "bytes_sent", (int64_t)st.bytes_sent);

@@ -1,4 +1,5 @@
-/* Internals shared by the single-process and the data-parallel trainers. */
+/* Internals shared by the single-process, data-parallel and parameter-server
+ * trainers. */
 #ifndef PETREL_TRAIN_IMPL_H
 #define PETREL_TRAIN_IMPL_H
 
@@ -17,5 +18,9 @@ petrel_err petreli_evaluate_shard(petrel_model *m, const petrel_dataset *d, int6
  * time and peak memory, and writes the "final" event (when mf is set). */
 petrel_err petreli_finish_run(petrel_model *m, const char *out_dir, petrel_metrics *mf, int workers,
                               double t_start, petrel_train_result *r);
+
+/* Begins the "final" event with the fields every trainer writes, from r (wall time
+ * and peak memory filled); the caller adds its own and ends the event. */
+void petreli_final_event_begin(petrel_metrics *mf, const char *model, const petrel_train_result *r);
 
 #endif

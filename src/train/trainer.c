@@ -129,9 +129,15 @@ petrel_err petreli_finish_run(petrel_model *m, const char *out_dir, petrel_metri
     r->wall_s = petrel_now_s() - t_start;
     r->peak_rss_mb = petrel_peak_rss_mb();
     if (!mf) return PETREL_OK;
-    petrel_metrics_begin(mf, "final");
-    petrel_metrics_str(mf, "model", m->name);
+    petreli_final_event_begin(mf, m->name, r);
     petrel_metrics_int(mf, "workers", workers);
+    return petrel_metrics_end(mf);
+}
+
+void petreli_final_event_begin(petrel_metrics *mf, const char *model,
+                               const petrel_train_result *r) {
+    petrel_metrics_begin(mf, "final");
+    petrel_metrics_str(mf, "model", model);
     petrel_metrics_int(mf, "epochs", r->epochs);
     petrel_metrics_int(mf, "steps", r->steps);
     petrel_metrics_num(mf, "train_loss", r->train_loss);
@@ -140,7 +146,6 @@ petrel_err petreli_finish_run(petrel_model *m, const char *out_dir, petrel_metri
     petrel_metrics_num(mf, "samples_per_sec", r->samples_per_sec);
     petrel_metrics_num(mf, "wall_s", r->wall_s);
     petrel_metrics_num(mf, "peak_rss_mb", r->peak_rss_mb);
-    return petrel_metrics_end(mf);
 }
 
 petrel_err petrel_train_step(petrel_model *m, petrel_graph *g, petrel_optim *opt, float *x,

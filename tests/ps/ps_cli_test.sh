@@ -24,6 +24,10 @@ if ls /usr/share/datasets 2>/dev/null | grep -qi fashion; then
     at_least "mlp bsp accuracy" "$(field test_accuracy)" 0.80
     grep -q '"event":"clock".*"wait_s".*"bytes_sent".*"stale_reads"' "$tmp/mlp/metrics.jsonl" &&
         ok "per-clock metrics" || fail "per-clock metrics" "$(head -c 300 "$tmp/mlp/metrics.jsonl")"
+    # the fields every trainer's final event has, then the PS's own
+    grep -q '"event":"final".*"test_accuracy".*"samples_per_sec".*"wall_s".*"peak_rss_mb".*"sync".*"staleness_0"' \
+        "$tmp/mlp/metrics.jsonl" && ok "final metrics" ||
+        fail "final metrics" "$(tail -c 600 "$tmp/mlp/metrics.jsonl")"
     [[ -s "$tmp/mlp/worker-1/metrics.jsonl" ]] && ok "worker 1 writes its metrics" ||
         fail "worker 1 writes its metrics" "missing"
 else
