@@ -54,9 +54,12 @@ typedef enum petrel_reduce_op {
 } petrel_reduce_op;
 
 typedef enum petrel_coll_algo {
-    PETREL_ALGO_AUTO = 0, /* by size: recursive doubling below ring_min_bytes */
+    PETREL_ALGO_AUTO = 0, /* by size: recursive doubling below ring_min_bytes; from there
+                             SHM when every member is on this host, else the ring */
     PETREL_ALGO_RING,
     PETREL_ALGO_RECURSIVE_DOUBLING,
+    PETREL_ALGO_SHM, /* members on one host: each reduces its block of the vector straight
+                        from the others' shared segments (PETREL_ERR_UNSUPPORTED otherwise) */
     PETREL_ALGO_COUNT
 } petrel_coll_algo;
 

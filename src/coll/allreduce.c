@@ -213,16 +213,23 @@ static petrel_err rd_allreduce(petreli_coll_call *call, float *x, size_t n) {
 
 petrel_err petreli_petrel_allreduce(petrel_comm *c, float *data, size_t n, petrel_reduce_op op) {
     petrel_coll_algo algo = c->cfg.algo;
+    bool local = c->size > 1 && petreli_local_eligible(c);
     if (algo == PETREL_ALGO_AUTO)
-        algo = n * sizeof(float) >= c->cfg.ring_min_bytes ? PETREL_ALGO_RING
-                                                          : PETREL_ALGO_RECURSIVE_DOUBLING;
+        algo = n * sizeof(float) < c->cfg.ring_min_bytes ? PETREL_ALGO_RECURSIVE_DOUBLING
+               : local                                   ? PETREL_ALGO_SHM
+                                                         : PETREL_ALGO_RING;
+    if (algo == PETREL_ALGO_SHM && c->size > 1 && !local)
+        return petrel_error_set(PETREL_ERR_UNSUPPORTED,
+                                "allreduce: PETREL_ALGO_SHM needs every member on this host "
+                                "(linked by shared memory)");
     static float none; /* n = 0 may come with NULL: no pointer arithmetic on it */
     if (!data) data = &none;
     petreli_coll_call call;
     petreli_coll_begin(&call, c, PETRELI_COLL_ALLREDUCE, op, n, 0, algo);
     petrel_err err = PETREL_OK;
     if (c->size > 1)
-        err = algo == PETREL_ALGO_RING ? ring_allreduce(&call, data, n)
-                                       : rd_allreduce(&call, data, n);
+        err = algo == PETREL_ALGO_RING  ? ring_allreduce(&call, data, n)
+              : algo == PETREL_ALGO_SHM ? petreli_local_allreduce(&call, data, n)
+                                        : rd_allreduce(&call, data, n);
     return petreli_coll_end(&call, err);
 }

@@ -10,6 +10,7 @@
  *                dead peers, and telling the other members when a call fails
  *   kernels.c    float16 conversion and the reductions (F16C when the CPU has it)
  *   allreduce.c  ring and recursive doubling allreduce, and the ring schedule
+ *   local.c      allreduce among members on one host, through shared segments
  *   ring.c       broadcast (chain), allgather and reduce-scatter (ring), barrier
  *   mpi.c        the MPI backend (built with PETREL_HAVE_MPI only)
  */
@@ -125,6 +126,9 @@ struct petrel_comm {
     uint16_t *half; /* float16 staging for one outgoing chunk */
     size_t half_cap;
 
+    int8_t one_host;             /* every link is shared memory: 1, not: -1, unknown: 0 */
+    struct petreli_local *local; /* the shared segments of PETREL_ALGO_SHM (local.c) */
+
     _Atomic uint64_t calls, bytes_sent, bytes_received, payload_bytes_sent, wait_ns;
 };
 
@@ -139,6 +143,10 @@ typedef struct petreli_coll_call {
     size_t wbytes; /* bytes of one element on the wire */
     char why[512]; /* the failure, without the "allreduce #5: " prefix */
 } petreli_coll_call;
+
+/* Records why the call failed (call->why), sets this thread's error, returns err. */
+petrel_err petreli_coll_fail(petreli_coll_call *call, petrel_err err, const char *fmt, ...)
+    PETREL_PRINTF(3, 4);
 
 /* A received message and its data. */
 typedef struct petreli_coll_in {
@@ -240,5 +248,16 @@ typedef void (*petreli_ring_plan)(const void *plan, size_t i, petreli_ring_io *i
  * buffer. */
 PETREL_NODISCARD petrel_err petreli_ring_run(petreli_coll_call *call, int next, int prev, size_t M,
                                              size_t C, petreli_ring_plan plan, const void *ctx);
+
+/* ---- the shared-memory allreduce (local.c) --------------------------------------- */
+
+typedef struct petreli_local petreli_local;
+
+/* True when every other member is reached through shared memory (on this host). */
+bool petreli_local_eligible(petrel_comm *c);
+/* Allreduce of x (n) among members on one host; see local.c. */
+PETREL_NODISCARD petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n);
+/* Unmaps and unlinks what c->local holds. */
+void petreli_local_free(petrel_comm *c);
 
 #endif

@@ -14,7 +14,8 @@
  *                  5 barrier, 6 ABORT, 7 NOTICE
  *   9       1      reduction: 0 sum, 1 avg, 2 max (0 when the call has none)
  *   10      1      element type on the wire: 0 float32, 1 float16
- *   11      1      allreduce algorithm: 1 ring, 2 recursive doubling (0 otherwise)
+ *   11      1      allreduce algorithm: 1 ring, 2 recursive doubling, 3 shared memory
+ *                  (0 otherwise)
  *   12      8      element count (per member for allgather and reduce_scatter)
  *   20      4      root of a broadcast; ABORT: the error code; NOTICE: the member
  *                  the sender waits for
@@ -190,6 +191,7 @@ fail:
 void petrel_comm_free(petrel_comm *c) {
     if (!c) return;
     if (c->ops && c->ops->close) c->ops->close(c);
+    petreli_local_free(c);
     for (int i = 0; i < c->nstash; i++) petrel_msg_release(&c->stash[i]);
     petrel_free(c->stash);
     petrel_free(c->half);
@@ -250,6 +252,7 @@ static const char *describe(const petreli_coll_header *h, bool detail, char *buf
         snprintf(extra, sizeof extra, "%s%s, %u-byte chunks",
                  h->algo == PETREL_ALGO_RING                 ? ", ring"
                  : h->algo == PETREL_ALGO_RECURSIVE_DOUBLING ? ", recursive doubling"
+                 : h->algo == PETREL_ALGO_SHM                ? ", shared memory"
                                                              : "",
                  h->dtype == PETRELI_DTYPE_F16 ? ", float16 wire" : ", float32 wire", h->chunk);
     switch (h->kind) {
@@ -278,10 +281,7 @@ static const char *describe(const petreli_coll_header *h, bool detail, char *buf
     return buf;
 }
 
-/* Records why the call failed and returns err. */
-static petrel_err fail(petreli_coll_call *call, petrel_err err, const char *fmt, ...)
-    PETREL_PRINTF(3, 4);
-static petrel_err fail(petreli_coll_call *call, petrel_err err, const char *fmt, ...) {
+petrel_err petreli_coll_fail(petreli_coll_call *call, petrel_err err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(call->why, sizeof call->why, fmt, ap);
@@ -399,9 +399,9 @@ petrel_err petreli_coll_send_raw(petreli_coll_call *call, int dst, const void *d
     char net_why[768], who[48];
     snprintf(net_why, sizeof net_why, "%s", petrel_errmsg());
     if (err == PETREL_ERR_TIMEOUT)
-        return fail(call, err, "send to %s: %s", member_name(call->c, dst, who, sizeof who),
-                    net_why);
-    return better_story(call, fail(call, err, "%s", net_why));
+        return petreli_coll_fail(call, err, "send to %s: %s",
+                                 member_name(call->c, dst, who, sizeof who), net_why);
+    return better_story(call, petreli_coll_fail(call, err, "%s", net_why));
 }
 
 petrel_err petreli_coll_send(petreli_coll_call *call, int dst, float *x, size_t n, bool round_own) {
@@ -409,7 +409,9 @@ petrel_err petreli_coll_send(petreli_coll_call *call, int dst, float *x, size_t 
     if (call->want.dtype != PETRELI_DTYPE_F16) return petreli_coll_send_raw(call, dst, x, n);
     if (c->half_cap < n) {
         uint16_t *h = petrel_realloc(c->half, n * sizeof *h);
-        if (!h) return fail(call, PETREL_ERR_NOMEM, "no memory for a float16 chunk of %zu", n);
+        if (!h)
+            return petreli_coll_fail(call, PETREL_ERR_NOMEM, "no memory for a float16 chunk of %zu",
+                                     n);
         c->half = h;
         c->half_cap = n;
     }
@@ -424,10 +426,10 @@ static petrel_err mismatch(petreli_coll_call *call, int from, const petreli_coll
     bool detail =
         h->kind == w->kind && h->op == w->op && h->count == w->count && h->root == w->root;
     char theirs[160], mine[160], who[48];
-    return fail(call, PETREL_ERR_STATE, "%s called %s, this rank (%d) called %s",
-                member_name(call->c, from, who, sizeof who),
-                describe(h, detail, theirs, sizeof theirs), call->c->rank,
-                describe(w, detail, mine, sizeof mine));
+    return petreli_coll_fail(call, PETREL_ERR_STATE, "%s called %s, this rank (%d) called %s",
+                             member_name(call->c, from, who, sizeof who),
+                             describe(h, detail, theirs, sizeof theirs), call->c->rank,
+                             describe(w, detail, mine, sizeof mine));
 }
 
 enum { TAKEN = 0, CONSUMED = 1 };
@@ -444,8 +446,8 @@ static petrel_err aborted(petreli_coll_call *call, petrel_msg *m, int from,
         h->root > 0 && h->root < PETREL_ERR_COUNT ? (petrel_err)h->root : PETREL_ERR_STATE;
     if (h->seq != call->want.seq)
         snprintf(when, sizeof when, " in call #%u, the one before", h->seq);
-    err = fail(call, err, "%s reported%s: %.*s", member_name(call->c, from, who, sizeof who), when,
-               (int)len, text);
+    err = petreli_coll_fail(call, err, "%s reported%s: %.*s",
+                            member_name(call->c, from, who, sizeof who), when, (int)len, text);
     petrel_msg_release(m);
     return err;
 }
@@ -461,8 +463,9 @@ static petrel_err admit(petreli_coll_call *call, petrel_msg *m, int from, petrel
     if (m->len < PETRELI_COLL_HEADER || !petreli_coll_header_decode(m->data, h)) {
         size_t len = m->len;
         petrel_msg_release(m);
-        return fail(call, PETREL_ERR_FORMAT, "%s sent a malformed collective message (%zu bytes)",
-                    member_name(c, from, who, sizeof who), len);
+        return petreli_coll_fail(call, PETREL_ERR_FORMAT,
+                                 "%s sent a malformed collective message (%zu bytes)",
+                                 member_name(c, from, who, sizeof who), len);
     }
     if (h->seq != call->want.seq) { /* 65536 calls old */
         petrel_msg_release(m);
@@ -497,8 +500,9 @@ static petrel_err timed_out(petreli_coll_call *call, int src) {
     int ms = call->c->cfg.timeout_ms;
     char a[48], b[48];
     if (!c->heard[src])
-        return fail(call, PETREL_ERR_TIMEOUT, "no message from %s within %d ms (did it call %s?)",
-                    member_name(c, src, a, sizeof a), ms, kind);
+        return petreli_coll_fail(call, PETREL_ERR_TIMEOUT,
+                                 "no message from %s within %d ms (did it call %s?)",
+                                 member_name(c, src, a, sizeof a), ms, kind);
     /* src waits for v, which waits for ... (their NOTICEs): the chain ends at a
      * member that said nothing */
     char chain[256];
@@ -512,11 +516,12 @@ static petrel_err timed_out(petreli_coll_call *call, int src) {
                                    member_name(c, v, b, sizeof b));
     }
     if (v != src && v != c->rank && !c->heard[v])
-        return fail(call, PETREL_ERR_TIMEOUT,
-                    "%s is waiting for %s, from which nothing came within %d ms (did it call %s?)",
-                    member_name(c, src, a, sizeof a), chain, ms, kind);
-    return fail(call, PETREL_ERR_TIMEOUT, "%s sent nothing more within %d ms",
-                member_name(c, src, a, sizeof a), ms);
+        return petreli_coll_fail(
+            call, PETREL_ERR_TIMEOUT,
+            "%s is waiting for %s, from which nothing came within %d ms (did it call %s?)",
+            member_name(c, src, a, sizeof a), chain, ms, kind);
+    return petreli_coll_fail(call, PETREL_ERR_TIMEOUT, "%s sent nothing more within %d ms",
+                             member_name(c, src, a, sizeof a), ms);
 }
 
 /* The member awaited, dead or gone: takes what it sent before, else fails naming
@@ -533,8 +538,9 @@ static petrel_err check_alive(petreli_coll_call *call, int src, petrel_msg *m, b
     }
     char net_why[768];
     snprintf(net_why, sizeof net_why, "%s", petrel_errmsg());
-    return better_story(call,
-                        fail(call, err == PETREL_ERR_TIMEOUT ? PETREL_ERR_IO : err, "%s", net_why));
+    return better_story(
+        call,
+        petreli_coll_fail(call, err == PETREL_ERR_TIMEOUT ? PETREL_ERR_IO : err, "%s", net_why));
 }
 
 /* The call failed here for want of a peer (err, already recorded). When another
@@ -584,13 +590,15 @@ static petrel_err take(petreli_coll_call *call, int src, size_t n, petrel_msg *m
     size_t bytes = m->len - PETRELI_COLL_HEADER;
     if (h->step != c->recvd[src]) {
         petrel_msg_release(m);
-        return fail(call, PETREL_ERR_STATE, "%s sent message %u of the call, expected %u",
-                    member_name(c, src, who, sizeof who), h->step, c->recvd[src]);
+        return petreli_coll_fail(call, PETREL_ERR_STATE,
+                                 "%s sent message %u of the call, expected %u",
+                                 member_name(c, src, who, sizeof who), h->step, c->recvd[src]);
     }
     if (bytes != n * call->wbytes) {
         petrel_msg_release(m);
-        return fail(call, PETREL_ERR_FORMAT, "%s sent %zu bytes in message %u, expected %zu",
-                    member_name(c, src, who, sizeof who), bytes, h->step, n * call->wbytes);
+        return petreli_coll_fail(
+            call, PETREL_ERR_FORMAT, "%s sent %zu bytes in message %u, expected %zu",
+            member_name(c, src, who, sizeof who), bytes, h->step, n * call->wbytes);
     }
     c->recvd[src]++;
     atomic_fetch_add(&c->bytes_received, m->len);
@@ -631,7 +639,7 @@ petrel_err petreli_coll_recv(petreli_coll_call *call, int src, size_t n, petreli
         } else if (err != PETREL_OK) {
             char net_why[768];
             snprintf(net_why, sizeof net_why, "%s", petrel_errmsg());
-            return fail(call, err, "%s", net_why);
+            return petreli_coll_fail(call, err, "%s", net_why);
         }
         int from = m.src >= 0 && m.src < c->net_size ? c->member_of[m.src] : -1;
         if (from < 0 || from == c->rank) { /* not a member: not ours to judge */
@@ -647,7 +655,8 @@ petrel_err petreli_coll_recv(petreli_coll_call *call, int src, size_t n, petreli
             petrel_msg *s = petrel_realloc(c->stash, (size_t)cap * sizeof *s);
             if (!s) {
                 petrel_msg_release(&m);
-                return fail(call, PETREL_ERR_NOMEM, "no memory to hold an early message");
+                return petreli_coll_fail(call, PETREL_ERR_NOMEM,
+                                         "no memory to hold an early message");
             }
             c->stash = s;
             c->stash_cap = cap;

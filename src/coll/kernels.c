@@ -15,6 +15,7 @@
  */
 #include "coll_impl.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -212,5 +213,11 @@ void petreli_coll_reduce(float *out, const float *base, const void *in, bool in_
 }
 
 void petreli_coll_divide(float *x, size_t n, float d) {
+    int e;
+    if (frexpf(d, &e) == 0.5f) { /* a power of two: x * (1 / d) is exactly x / d, and faster */
+        float s = 1.0f / d;
+        for (size_t i = 0; i < n; i++) x[i] *= s;
+        return;
+    }
     for (size_t i = 0; i < n; i++) x[i] /= d;
 }

@@ -79,7 +79,7 @@ static bool collectives(petrel_net *net, const scenario *s) {
     bool ok = x && y;
     petrel_comm_config cfg = petrel_comm_config_default();
     cfg.timeout_ms = 10000;
-    petrel_comm *c = NULL, *ring = NULL, *rd = NULL, *half = NULL;
+    petrel_comm *c = NULL, *ring = NULL, *rd = NULL, *half = NULL, *shm = NULL;
     ok = ok && petrel_comm_new(&c, net, ranks, P, 1, cfg) == PETREL_OK;
     cfg.algo = PETREL_ALGO_RING;
     ok = ok && petrel_comm_new(&ring, net, ranks, P, 2, cfg) == PETREL_OK;
@@ -88,6 +88,10 @@ static bool collectives(petrel_net *net, const scenario *s) {
     cfg.algo = PETREL_ALGO_AUTO;
     cfg.fp16_wire = true;
     ok = ok && petrel_comm_new(&half, net, ranks, P, 4, cfg) == PETREL_OK;
+    cfg.fp16_wire = false;
+    cfg.algo = PETREL_ALGO_SHM;
+    ok = ok && petrel_comm_new(&shm, net, ranks, P, 5, cfg) == PETREL_OK;
+    bool on_shm = s->transport == PETREL_TRANSPORT_AUTO || P == 1;
     const size_t sizes[] = {0, 1, 3, 1000, 100003};
     for (size_t k = 0; ok && k < sizeof sizes / sizeof sizes[0]; k++)
         for (int op = 0; ok && op < PETREL_REDUCE_COUNT; op++) {
@@ -98,7 +102,28 @@ static bool collectives(petrel_net *net, const scenario *s) {
             if (op != PETREL_REDUCE_AVG)
                 ok =
                     ok && check_allreduce(half, x, sizes[k], (petrel_reduce_op)op, (unsigned)k + 3);
+            if (on_shm)
+                ok = ok && check_allreduce(shm, x, sizes[k], (petrel_reduce_op)op, (unsigned)k + 4);
         }
+    if (ok && on_shm) { /* several pieces, the last one shorter */
+        ok = check_allreduce(shm, x, big - 5, PETREL_REDUCE_AVG, 11);
+        ok = ok && check_allreduce(shm, x, 3000, PETREL_REDUCE_MAX, 12); /* back to small */
+    }
+    if (ok && !on_shm) { /* members on other hosts (or over TCP): refused, not counted */
+        petrel_err err = petrel_allreduce(shm, x, 1000, PETREL_REDUCE_SUM);
+        if (err != PETREL_ERR_UNSUPPORTED)
+            ok = report(r, "allreduce shm over tcp", 1000, "not refused");
+        ok = ok && petrel_comm_get_stats(shm).calls == 0;
+    }
+    if (ok && on_shm && P > 1) { /* a member that calls another size is named by the others */
+        size_t m = r == P - 1 ? 100004 : 100003;
+        petrel_err err = petrel_allreduce(shm, x, m, PETREL_REDUCE_SUM);
+        char who[32]; /* the odd one names whichever member it heard first */
+        snprintf(who, sizeof who, "rank %d", P - 1);
+        if (err != PETREL_ERR_STATE || !strstr(petrel_errmsg(), r == P - 1 ? "100003" : who))
+            ok = report(r, "mismatched allreduce shm", m, petrel_errmsg());
+        ok = ok && check_allreduce(shm, x, 100003, PETREL_REDUCE_SUM, 13); /* usable again */
+    }
     ok = ok && check_allreduce(c, x, big, PETREL_REDUCE_SUM, 5);      /* the ring */
     ok = ok && check_allreduce(half, x, big, PETREL_REDUCE_SUM, 6);   /* in float16 */
     ok = ok && check_allreduce(rd, x, big / 4, PETREL_REDUCE_MAX, 7); /* 4 MiB */
@@ -131,6 +156,7 @@ static bool collectives(petrel_net *net, const scenario *s) {
         for (int p = 0; p < P; p++)
             if (p != r && strcmp(petrel_net_link(net, p), "shm") != 0)
                 ok = report(r, "link", 0, "not shared memory");
+    petrel_comm_free(shm);
     petrel_comm_free(half);
     petrel_comm_free(rd);
     petrel_comm_free(ring);

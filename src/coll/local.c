@@ -1,0 +1,273 @@
+/*
+ * Allreduce among members on one host, through shared memory: every member maps a
+ * segment of each other member, and each block of the vector is reduced where it
+ * lies, read straight out of the others' segments. Used by PETREL_ALGO_SHM, which
+ * AUTO picks from ring_min_bytes on when every link of the communicator is "shm".
+ *
+ * Why: the ring moves each block through the transport: the sender copies it into
+ * a shared-memory ring, the receiver's transport thread copies it out into a message
+ * buffer, and the caller reduces it from there, with a thread hand-off per chunk.
+ * Here a byte that another member needs is copied once, into this member's segment,
+ * and read once by the member that needs it.
+ *
+ * P members, a piece of m elements cut into P blocks (petreli_part_start). Member r:
+ *   1. copies its blocks q != r into its segment, each at region q;
+ *   2. sends every other member SYNC1 (its segment's name and region size) and waits
+ *      for theirs, mapping a segment it has not mapped yet;
+ *   3. reduces block r: its own values, then every other member's region r, in
+ *      sub-blocks that stay in cache; an average divides there; the result goes to
+ *      its data and to region r of its segment;
+ *   4. sends every other member SYNC2 and waits for theirs: every block is reduced;
+ *   5. copies block q from region q of member q's segment, for every q != r.
+ * Vectors larger than one piece (P blocks of BLOCK_MAX_BYTES) go piece by piece.
+ *
+ * Every region has one writer at a time, without a third exchange: region q != r of
+ * r's segment is read by member q in its step 3, before its SYNC2, and rewritten by
+ * r in step 1 of the next piece, after that SYNC2; region r is read by the others in
+ * their step 5, before their next SYNC1, and rewritten by r in step 3, after it.
+ * A region keeps its place in the segment whatever the piece's size (region q starts
+ * at q * block_cap), so a short last piece does not move one region onto another.
+ *
+ * The SYNC messages are ordinary messages of the call (comm.c): a member that calls
+ * something else, is dead, or never calls is reported as for the other algorithms.
+ * Results are the same on every member: each block is reduced on one member and
+ * copied. Nothing here goes over a wire, so float16 (fp16_wire) changes nothing.
+ *
+ * Segments: "/petrel-coll-<pid>-<comm_id>-<n>", mode 0600 (processes of the same user
+ * can open it, the shared-memory transport's access rule), allocated in full
+ * (posix_fallocate, so that a full /dev/shm is an error here and not a SIGBUS later).
+ * A member makes a larger one, under a new name, when a call needs larger regions,
+ * and unlinks its name once every other member has mapped it (after SYNC2); the
+ * memory lives until the last mapping goes. A process killed in between leaves its
+ * name in /dev/shm.
+ */
+#include "coll_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BLOCK_MAX_BYTES (2u << 20)  /* a member's block of one piece, at most */
+#define SUB_ELEMS       (16u << 10) /* step 3 reduces 64 KiB at a time, in cache */
+#define NAME_BYTES      56
+#define SYNC_BYTES      64 /* SYNC1: region size (u64) and the segment's name */
+#define NAME_PREFIX     "/petrel-coll-"
+
+typedef struct segment {
+    char name[NAME_BYTES];
+    float *base;
+    size_t bytes;
+    uint64_t block_cap; /* elements of one region */
+    bool linked;        /* own segment: its name is still in /dev/shm */
+} segment;
+
+struct petreli_local {
+    segment own;
+    segment *peer; /* by member; own slot unused */
+    uint32_t made; /* segments made so far, for names */
+};
+
+bool petreli_local_eligible(petrel_comm *c) {
+    if (c->one_host == 0) {
+        c->one_host = 1;
+        for (int m = 0; m < c->size; m++)
+            if (m != c->rank && strcmp(petrel_net_link(c->net, c->ranks[m]), "shm") != 0)
+                c->one_host = -1;
+    }
+    return c->one_host > 0;
+}
+
+static void drop(segment *s) {
+    if (s->linked) shm_unlink(s->name);
+    if (s->base) munmap(s->base, s->bytes);
+    memset(s, 0, sizeof *s);
+}
+
+void petreli_local_free(petrel_comm *c) {
+    petreli_local *L = c->local;
+    if (!L) return;
+    drop(&L->own);
+    for (int m = 0; m < c->size; m++) drop(&L->peer[m]);
+    petrel_free(L->peer);
+    petrel_free(L);
+    c->local = NULL;
+}
+
+/* This member's segment, with regions of at least `block` elements. */
+static petrel_err own_segment(petreli_coll_call *call, size_t block) {
+    petrel_comm *c = call->c;
+    if (!c->local) {
+        petreli_local *L = petrel_calloc(1, sizeof *L);
+        if (L) L->peer = petrel_calloc((size_t)c->size, sizeof *L->peer);
+        if (!L || !L->peer) {
+            petrel_free(L);
+            return petreli_coll_fail(call, PETREL_ERR_NOMEM, "no memory for shared segments");
+        }
+        c->local = L;
+    }
+    petreli_local *L = c->local;
+    if (L->own.base && L->own.block_cap >= block) return PETREL_OK;
+    segment s = {.block_cap = (block + 16) & ~(size_t)15}; /* regions on 64-byte lines */
+    s.bytes = (size_t)s.block_cap * (size_t)c->size * sizeof(float);
+    snprintf(s.name, sizeof s.name, NAME_PREFIX "%ld-%u-%u", (long)getpid(), c->comm_id, ++L->made);
+    int fd = shm_open(s.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return petreli_coll_fail(call, PETREL_ERR_IO, "cannot create shared segment %s: %s", s.name,
+                                 strerror(errno));
+    int e = posix_fallocate(fd, 0, (off_t)s.bytes);
+    if (e == 0) {
+        s.base = mmap(NULL, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (s.base == MAP_FAILED) {
+            e = errno;
+            s.base = NULL;
+        }
+    }
+    close(fd);
+    if (e != 0) {
+        shm_unlink(s.name);
+        return petreli_coll_fail(call, PETREL_ERR_IO,
+                                 "cannot make shared segment %s of %zu bytes: %s", s.name, s.bytes,
+                                 strerror(e));
+    }
+    s.linked = true;
+    drop(&L->own); /* the others keep their mapping of it as long as they need it */
+    L->own = s;
+    return PETREL_OK;
+}
+
+/* Maps member q's segment as its SYNC1 describes it, unless it is mapped already;
+ * checks that its regions hold `block` elements. */
+static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned char *sync,
+                               size_t block) {
+    petrel_comm *c = call->c;
+    segment *s = &c->local->peer[q];
+    uint64_t cap;
+    memcpy(&cap, sync, sizeof cap);
+    char name[NAME_BYTES];
+    memcpy(name, sync + 8, NAME_BYTES);
+    char who[32];
+    snprintf(who, sizeof who, "rank %d", q);
+    if (name[NAME_BYTES - 1] != 0 || strncmp(name, NAME_PREFIX, strlen(NAME_PREFIX)) != 0 ||
+        cap < block || cap > ((uint64_t)1 << 40))
+        return petreli_coll_fail(call, PETREL_ERR_FORMAT,
+                                 "%s described its shared segment wrongly (regions of %llu, %zu "
+                                 "needed)",
+                                 who, (unsigned long long)cap, block);
+    if (s->base && strcmp(s->name, name) == 0) return PETREL_OK;
+    drop(s);
+    int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    struct stat st;
+    size_t bytes = (size_t)cap * (size_t)c->size * sizeof(float);
+    int e = fd < 0 ? errno : fstat(fd, &st) != 0 ? errno : (size_t)st.st_size < bytes ? EPROTO : 0;
+    if (e == 0) {
+        s->base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (s->base == MAP_FAILED) {
+            e = errno;
+            s->base = NULL;
+        }
+    }
+    if (fd >= 0) close(fd);
+    if (e != 0)
+        return petreli_coll_fail(call, PETREL_ERR_IO, "cannot map the shared segment %s of %s: %s",
+                                 name, who, e == EPROTO ? "smaller than it said" : strerror(e));
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->bytes = bytes;
+    s->block_cap = cap;
+    return PETREL_OK;
+}
+
+/* Sends every other member `bytes` of msg, then takes one message from each; SYNC1
+ * (sync1 set) maps the segments the messages name. */
+static petrel_err exchange(petreli_coll_call *call, const unsigned char *msg, size_t bytes,
+                           bool sync1, size_t block) {
+    petrel_comm *c = call->c;
+    size_t elems = bytes / call->wbytes;
+    petrel_err err;
+    for (int q = 0; q < c->size; q++)
+        if (q != c->rank && (err = petreli_coll_send_raw(call, q, msg, elems)) != PETREL_OK)
+            return err;
+    for (int q = 0; q < c->size; q++) {
+        if (q == c->rank) continue;
+        petreli_coll_in in;
+        if ((err = petreli_coll_recv(call, q, elems, &in)) != PETREL_OK) return err;
+        if (sync1) err = peer_segment(call, q, in.data, block);
+        petreli_coll_release(&in);
+        if (err != PETREL_OK) return err;
+    }
+    return PETREL_OK;
+}
+
+static float *region(const segment *s, int q) {
+    return s->base + (size_t)q * s->block_cap;
+}
+
+/* Step 3: block r (len elements at x) reduced with region r of every other member,
+ * in sub-blocks that stay in cache; the result also goes to region r of this
+ * member's segment. (One fused pass that adds, scales and writes both places was
+ * measured twice as slow as these three on the project's VM.) */
+static void reduce_block(petreli_coll_call *call, float *x, size_t len) {
+    petrel_comm *c = call->c;
+    petreli_local *L = c->local;
+    petrel_reduce_op op = (petrel_reduce_op)call->want.op;
+    float *out = region(&L->own, c->rank);
+    for (size_t at = 0; at < len; at += SUB_ELEMS) {
+        size_t k = len - at < SUB_ELEMS ? len - at : SUB_ELEMS;
+        for (int q = 0; q < c->size; q++)
+            if (q != c->rank)
+                petreli_coll_reduce(x + at, x + at, region(&L->peer[q], c->rank) + at, false, k, op,
+                                    q < c->rank);
+        if (op == PETREL_REDUCE_AVG) petreli_coll_divide(x + at, k, (float)c->size);
+        memcpy(out + at, x + at, k * sizeof(float));
+    }
+}
+
+static petrel_err piece(petreli_coll_call *call, float *x, size_t m) {
+    petrel_comm *c = call->c;
+    int P = c->size, r = c->rank;
+    size_t block = petreli_part_len(m, (size_t)P, 0); /* the largest block */
+    petrel_err err = own_segment(call, block);
+    if (err != PETREL_OK) return err;
+    petreli_local *L = c->local;
+    for (int q = 0; q < P; q++)
+        if (q != r)
+            memcpy(region(&L->own, q), x + petreli_part_start(m, (size_t)P, (size_t)q),
+                   petreli_part_len(m, (size_t)P, (size_t)q) * sizeof(float));
+    unsigned char sync[SYNC_BYTES] = {0};
+    memcpy(sync, &L->own.block_cap, sizeof L->own.block_cap);
+    memcpy(sync + 8, L->own.name, NAME_BYTES);
+    if ((err = exchange(call, sync, sizeof sync, true, block)) != PETREL_OK) return err;
+    reduce_block(call, x + petreli_part_start(m, (size_t)P, (size_t)r),
+                 petreli_part_len(m, (size_t)P, (size_t)r));
+    /* Counted as sent: what this member writes for the others; as received: what it
+     * reads of theirs (its block from each in step 3, theirs in step 5). */
+    size_t mine = petreli_part_len(m, (size_t)P, (size_t)r) * sizeof(float);
+    atomic_fetch_add(&c->payload_bytes_sent, m * sizeof(float));
+    atomic_fetch_add(&c->bytes_sent, m * sizeof(float));
+    atomic_fetch_add(&c->bytes_received, (size_t)(P - 1) * mine + (m * sizeof(float) - mine));
+    memset(sync, 0, sizeof sync);
+    if ((err = exchange(call, sync, sizeof sync, false, 0)) != PETREL_OK) return err;
+    if (L->own.linked) { /* every other member has mapped it */
+        shm_unlink(L->own.name);
+        L->own.linked = false;
+    }
+    for (int q = 0; q < P; q++)
+        if (q != r)
+            memcpy(x + petreli_part_start(m, (size_t)P, (size_t)q), region(&L->peer[q], q),
+                   petreli_part_len(m, (size_t)P, (size_t)q) * sizeof(float));
+    return PETREL_OK;
+}
+
+petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n) {
+    size_t per_piece = (size_t)call->c->size * (BLOCK_MAX_BYTES / sizeof(float));
+    size_t pieces = n ? (n + per_piece - 1) / per_piece : 1; /* n = 0 still checks the call */
+    for (size_t k = 0; k < pieces; k++) {
+        petrel_err err =
+            piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k));
+        if (err != PETREL_OK) return err;
+    }
+    return PETREL_OK;
+}
