@@ -257,6 +257,9 @@ typedef struct petreli_local petreli_local;
 bool petreli_local_eligible(petrel_comm *c);
 /* Allreduce of x (n) among members on one host; see local.c. */
 PETREL_NODISCARD petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n);
+/* Tells the other members, through the shared segment, that this call failed here
+ * (before petreli_coll_end sends the ABORT). */
+void petreli_local_failed(petreli_coll_call *call);
 /* Unmaps and unlinks what c->local holds. */
 void petreli_local_free(petrel_comm *c);
 

@@ -17,19 +17,23 @@
  *   3. reduces block r: its own values, then every other member's region r, in
  *      sub-blocks that stay in cache; an average divides there; the result goes to
  *      its data and to region r of its segment;
- *   4. sends every other member SYNC2 and waits for theirs: every block is reduced;
+ *   4. marks the piece reduced in its segment's first cache line, and waits until
+ *      every other member has marked it too (polling 50 us, then napping);
  *   5. copies block q from region q of member q's segment, for every q != r.
  * Vectors larger than one piece (P blocks of BLOCK_MAX_BYTES) go piece by piece.
  *
  * Every region has one writer at a time, without a third exchange: region q != r of
- * r's segment is read by member q in its step 3, before its SYNC2, and rewritten by
- * r in step 1 of the next piece, after that SYNC2; region r is read by the others in
+ * r's segment is read by member q in its step 3, before its mark, and rewritten by
+ * r in step 1 of the next piece, after that mark; region r is read by the others in
  * their step 5, before their next SYNC1, and rewritten by r in step 3, after it.
  * A region keeps its place in the segment whatever the piece's size (region q starts
  * at q * block_cap), so a short last piece does not move one region onto another.
  *
- * The SYNC messages are ordinary messages of the call (comm.c): a member that calls
- * something else, is dead, or never calls is reported as for the other algorithms.
+ * SYNC1 is an ordinary message of the call (comm.c): a member that calls something
+ * else, is dead, or never calls is reported as for the other algorithms. The mark
+ * of step 4 saves a second message round (a thread hand-off on each side); a member
+ * whose call fails marks that instead, and a waiter that sees it, or a dead member,
+ * or its deadline, turns to the message layer for the ABORT and the story.
  * Results are the same on every member: each block is reduced on one member and
  * copied. Nothing here goes over a wire, so float16 (fp16_wire) changes nothing.
  *
@@ -37,7 +41,7 @@
  * can open it, the shared-memory transport's access rule), allocated in full
  * (posix_fallocate, so that a full /dev/shm is an error here and not a SIGBUS later).
  * A member makes a larger one, under a new name, when a call needs larger regions,
- * and unlinks its name once every other member has mapped it (after SYNC2); the
+ * and unlinks its name once every other member has mapped it (marked step 4); the
  * memory lives until the last mapping goes. A process killed in between leaves its
  * name in /dev/shm.
  */
@@ -45,6 +49,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <time.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -56,6 +62,10 @@
 #define NAME_BYTES      56
 #define SYNC_BYTES      64 /* SYNC1: region size (u64) and the segment's name */
 #define NAME_PREFIX     "/petrel-coll-"
+#define SPIN_NS         50000ull   /* step 4 polls this long before it naps... */
+#define NAP_MIN_NS      20000ull   /* ...first this long, doubling... */
+#define NAP_MAX_NS      1000000ull /* ...up to this */
+#define CHECK_NS        1000000ull /* step 4 checks liveness and the deadline this often */
 
 typedef struct segment {
     char name[NAME_BYTES];
@@ -64,6 +74,14 @@ typedef struct segment {
     uint64_t block_cap; /* elements of one region */
     bool linked;        /* own segment: its name is still in /dev/shm */
 } segment;
+
+/* A segment starts with one cache line holding its owner's step-3 mark (below); the
+ * regions follow. */
+#define HEADER_FLOATS 16
+
+static size_t seg_bytes(uint64_t block_cap, int P) {
+    return ((size_t)block_cap * (size_t)P + HEADER_FLOATS) * sizeof(float);
+}
 
 struct petreli_local {
     segment own;
@@ -112,7 +130,7 @@ static petrel_err own_segment(petreli_coll_call *call, size_t block) {
     petreli_local *L = c->local;
     if (L->own.base && L->own.block_cap >= block) return PETREL_OK;
     segment s = {.block_cap = (block + 16) & ~(size_t)15}; /* regions on 64-byte lines */
-    s.bytes = (size_t)s.block_cap * (size_t)c->size * sizeof(float);
+    s.bytes = seg_bytes(s.block_cap, c->size);
     snprintf(s.name, sizeof s.name, NAME_PREFIX "%ld-%u-%u", (long)getpid(), c->comm_id, ++L->made);
     int fd = shm_open(s.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0)
@@ -161,7 +179,7 @@ static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned ch
     drop(s);
     int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
     struct stat st;
-    size_t bytes = (size_t)cap * (size_t)c->size * sizeof(float);
+    size_t bytes = seg_bytes(cap, c->size);
     int e = fd < 0 ? errno : fstat(fd, &st) != 0 ? errno : (size_t)st.st_size < bytes ? EPROTO : 0;
     if (e == 0) {
         s->base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -180,10 +198,10 @@ static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned ch
     return PETREL_OK;
 }
 
-/* Sends every other member `bytes` of msg, then takes one message from each; SYNC1
- * (sync1 set) maps the segments the messages name. */
+/* Step 2: sends every other member SYNC1, then takes theirs and maps the segments
+ * they name. */
 static petrel_err exchange(petreli_coll_call *call, const unsigned char *msg, size_t bytes,
-                           bool sync1, size_t block) {
+                           size_t block) {
     petrel_comm *c = call->c;
     size_t elems = bytes / call->wbytes;
     petrel_err err;
@@ -194,7 +212,7 @@ static petrel_err exchange(petreli_coll_call *call, const unsigned char *msg, si
         if (q == c->rank) continue;
         petreli_coll_in in;
         if ((err = petreli_coll_recv(call, q, elems, &in)) != PETREL_OK) return err;
-        if (sync1) err = peer_segment(call, q, in.data, block);
+        err = peer_segment(call, q, in.data, block);
         petreli_coll_release(&in);
         if (err != PETREL_OK) return err;
     }
@@ -202,7 +220,71 @@ static petrel_err exchange(petreli_coll_call *call, const unsigned char *msg, si
 }
 
 static float *region(const segment *s, int q) {
-    return s->base + (size_t)q * s->block_cap;
+    return s->base + HEADER_FLOATS + (size_t)q * s->block_cap;
+}
+
+/* The owner's mark: how far it has come in call seq (bits 32..63): phase j + 1 in
+ * bits 1..31, where piece k is copied in at phase 2k and reduced at phase 2k + 1; or
+ * bit 0, the call failed on the owner. Each call has its own number, so a mark left
+ * by an earlier call never passes for this one. A member may be one phase ahead of
+ * one that waits for it (it has seen the waiter's own mark), even in the next call,
+ * where it may already have failed: a wait is over at any later mark. */
+static _Atomic uint64_t *mark(const segment *s) {
+    return (_Atomic uint64_t *)(void *)s->base;
+}
+
+static uint64_t phase_mark(uint32_t seq, size_t j) {
+    return (uint64_t)seq << 32 | (uint64_t)(j + 1) << 1;
+}
+
+void petreli_local_failed(petreli_coll_call *call) {
+    petreli_local *L = call->c->local;
+    if (L && L->own.base)
+        atomic_store_explicit(mark(&L->own), (uint64_t)call->want.seq << 32 | 1,
+                              memory_order_release);
+}
+
+/* Marks phase j done and waits until every other member has marked it. A member
+ * whose call failed sends ABORT, one that died is seen by the net, and one that is
+ * late past the deadline times out: in each case the message layer tells the story,
+ * as for a member that sends nothing (petreli_coll_recv). */
+static petrel_err phase_done(petreli_coll_call *call, size_t j) {
+    petrel_comm *c = call->c;
+    uint64_t want = phase_mark(call->want.seq, j), start = petrel_now_ns(),
+             check = start + CHECK_NS;
+    atomic_store_explicit(mark(&c->local->own), want, memory_order_release);
+    for (int q = 0; q < c->size; q++) {
+        if (q == c->rank) continue;
+        _Atomic uint64_t *m = mark(&c->local->peer[q]);
+        for (uint64_t nap = NAP_MIN_NS;;) {
+            uint64_t v = atomic_load_explicit(m, memory_order_acquire);
+            if (v >> 32 > call->want.seq || (v >= want && !(v & 1))) break; /* see mark() */
+            uint64_t now = petrel_now_ns();
+            bool failed = v >> 32 == call->want.seq && (v & 1);
+            if (failed || now >= check) {
+                check = now + CHECK_NS;
+                if (failed || now >= call->deadline_ns ||
+                    !petrel_net_peer_alive(c->net, c->ranks[q])) {
+                    petreli_coll_in in;
+                    petrel_err err = petreli_coll_recv(call, q, SYNC_BYTES / call->wbytes, &in);
+                    if (err != PETREL_OK) return err;
+                    petreli_coll_release(&in);
+                    return petreli_coll_fail(call, PETREL_ERR_STATE,
+                                             "rank %d sent a message where it should have marked "
+                                             "its progress",
+                                             q);
+                }
+            }
+            if (now - start < SPIN_NS) {
+                sched_yield(); /* polls, yet lets a thread that has work run first */
+            } else {
+                struct timespec ts = {0, (long)nap};
+                nanosleep(&ts, NULL);
+                nap = nap * 2 < NAP_MAX_NS ? nap * 2 : NAP_MAX_NS;
+            }
+        }
+    }
+    return PETREL_OK;
 }
 
 /* Step 3: block r (len elements at x) reduced with region r of every other member,
@@ -225,7 +307,7 @@ static void reduce_block(petreli_coll_call *call, float *x, size_t len) {
     }
 }
 
-static petrel_err piece(petreli_coll_call *call, float *x, size_t m) {
+static petrel_err piece(petreli_coll_call *call, float *x, size_t m, size_t k) {
     petrel_comm *c = call->c;
     int P = c->size, r = c->rank;
     size_t block = petreli_part_len(m, (size_t)P, 0); /* the largest block */
@@ -236,10 +318,15 @@ static petrel_err piece(petreli_coll_call *call, float *x, size_t m) {
         if (q != r)
             memcpy(region(&L->own, q), x + petreli_part_start(m, (size_t)P, (size_t)q),
                    petreli_part_len(m, (size_t)P, (size_t)q) * sizeof(float));
-    unsigned char sync[SYNC_BYTES] = {0};
-    memcpy(sync, &L->own.block_cap, sizeof L->own.block_cap);
-    memcpy(sync + 8, L->own.name, NAME_BYTES);
-    if ((err = exchange(call, sync, sizeof sync, true, block)) != PETREL_OK) return err;
+    if (k == 0) { /* the call's checks, and the segments' names */
+        unsigned char sync[SYNC_BYTES] = {0};
+        memcpy(sync, &L->own.block_cap, sizeof L->own.block_cap);
+        memcpy(sync + 8, L->own.name, NAME_BYTES);
+        err = exchange(call, sync, sizeof sync, block);
+    } else {
+        err = phase_done(call, 2 * k);
+    }
+    if (err != PETREL_OK) return err;
     reduce_block(call, x + petreli_part_start(m, (size_t)P, (size_t)r),
                  petreli_part_len(m, (size_t)P, (size_t)r));
     /* Counted as sent: what this member writes for the others; as received: what it
@@ -248,8 +335,7 @@ static petrel_err piece(petreli_coll_call *call, float *x, size_t m) {
     atomic_fetch_add(&c->payload_bytes_sent, m * sizeof(float));
     atomic_fetch_add(&c->bytes_sent, m * sizeof(float));
     atomic_fetch_add(&c->bytes_received, (size_t)(P - 1) * mine + (m * sizeof(float) - mine));
-    memset(sync, 0, sizeof sync);
-    if ((err = exchange(call, sync, sizeof sync, false, 0)) != PETREL_OK) return err;
+    if ((err = phase_done(call, 2 * k + 1)) != PETREL_OK) return err;
     if (L->own.linked) { /* every other member has mapped it */
         shm_unlink(L->own.name);
         L->own.linked = false;
@@ -266,7 +352,7 @@ petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n) 
     size_t pieces = n ? (n + per_piece - 1) / per_piece : 1; /* n = 0 still checks the call */
     for (size_t k = 0; k < pieces; k++) {
         petrel_err err =
-            piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k));
+            piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k), k);
         if (err != PETREL_OK) return err;
     }
     return PETREL_OK;
