@@ -110,7 +110,7 @@ typedef struct petrel_dp_config {
     bool overlap;        /* start a bucket's reduction as soon as backward has produced it */
 } petrel_dp_config;
 
-/* allreduce, buckets of 256 KiB, overlap on. */
+/* allreduce, buckets of 1 MiB, overlap on. */
 petrel_dp_config petrel_dp_config_default(void);
 
 /* Floats one worker sends per step for a fully connected layer of OUT x IN with a

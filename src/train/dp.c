@@ -78,7 +78,7 @@ petrel_err petrel_comm_mode_parse(const char *name, petrel_comm_mode *out) {
 
 petrel_dp_config petrel_dp_config_default(void) {
     petrel_dp_config c = {
-        .mode = PETREL_COMM_ALLREDUCE, .bucket_bytes = 256 << 10, .overlap = true};
+        .mode = PETREL_COMM_ALLREDUCE, .bucket_bytes = 1024 << 10, .overlap = true};
     return c;
 }
 

@@ -46,8 +46,9 @@ typedef struct plan {
     int iters[NP][MAX_SIZES]; /* timed calls per case */
     bool use_p[NP];
     int rounds;
-    int call_ms; /* bound on each collective and on joining the job */
-    int job_s;   /* bound on one job, start to exit */
+    int call_ms;           /* bound on each collective and on joining the job */
+    petrel_coll_algo algo; /* petrel's allreduce algorithm (--algo) */
+    int job_s;             /* bound on one job, start to exit */
 } plan;
 
 /* What one member of a petrel job reports, in memory shared with the bench. */
@@ -165,6 +166,7 @@ static int member_main(int rank, void *arg) {
     for (int r = 0; r < P; r++) ranks[r] = r;
     petrel_comm_config cc = petrel_comm_config_default();
     cc.timeout_ms = p->call_ms;
+    cc.algo = p->algo;
     petrel_comm *c = NULL;
     if (ok && petrel_comm_new(&c, net, ranks, P, 1, cc) != PETREL_OK) {
         bench_first_error(m->error, sizeof m->error, "communicator: %s", petrel_errmsg());
@@ -441,6 +443,9 @@ static void allreduce_usage(FILE *f) {
             "                 to 500 calls (P = 4)]\n"
             "  --rounds N     rounds of every job, 1..%d; figures are medians [3, --quick 1]\n"
             "  --ranks P      only P = 2 or P = 4 [both]\n"
+            "  --algo A       petrel's algorithm: auto (recursive doubling below 64 KiB, then\n"
+            "                 shm: each rank reduces its block from the others' shared\n"
+            "                 segments), ring, shm or rd (recursive doubling) [auto]\n"
             "  --mpi PATH     the reference program [mpi_allreduce beside this executable]\n"
             "  --no-mpi       leave Open MPI out\n"
             "  -h, --help     show this help\n",
@@ -448,10 +453,13 @@ static void allreduce_usage(FILE *f) {
 }
 
 int bench_allreduce(int argc, char **argv) {
-    enum { OPT_QUICK = 256, OPT_ROUNDS, OPT_RANKS, OPT_MPI, OPT_NO_MPI };
+    enum { OPT_QUICK = 256, OPT_ROUNDS, OPT_RANKS, OPT_ALGO, OPT_MPI, OPT_NO_MPI };
+    static const char *algo_names[] = {"auto", "ring", "rd", "shm"}; /* petrel_coll_algo order */
+    petrel_coll_algo algo = PETREL_ALGO_AUTO;
     static const struct option longopts[] = {{"quick", no_argument, 0, OPT_QUICK},
                                              {"rounds", required_argument, 0, OPT_ROUNDS},
                                              {"ranks", required_argument, 0, OPT_RANKS},
+                                             {"algo", required_argument, 0, OPT_ALGO},
                                              {"mpi", required_argument, 0, OPT_MPI},
                                              {"no-mpi", no_argument, 0, OPT_NO_MPI},
                                              {"help", no_argument, 0, 'h'},
@@ -478,6 +486,17 @@ int bench_allreduce(int argc, char **argv) {
                                        optarg);
             only = (int)v;
             break;
+        case OPT_ALGO: {
+            int a = 0;
+            while (a < PETREL_ALGO_COUNT && strcmp(optarg, algo_names[a]) != 0) a++;
+            if (a == PETREL_ALGO_COUNT)
+                return cli_usage_error("bench allreduce ",
+                                       "--algo wants auto, ring, shm or rd, "
+                                       "got '%s'",
+                                       optarg);
+            algo = (petrel_coll_algo)a;
+            break;
+        }
         case OPT_MPI:
             prog = optarg;
             break;
@@ -499,6 +518,7 @@ int bench_allreduce(int argc, char **argv) {
               .nsizes = 6,
               .rounds = rounds,
               .call_ms = 30000,
+              .algo = algo,
               .job_s = 120};
     /* Calls per case: a volume of data, within bounds; 4 processes on 2 cores are
      * several times slower, so they reduce less. */
@@ -534,10 +554,16 @@ int bench_allreduce(int argc, char **argv) {
 
     petrel_comm_config cc = petrel_comm_config_default();
     const double t0 = petrel_now_s();
+    char how[96];
+    if (algo == PETREL_ALGO_AUTO)
+        snprintf(how, sizeof how, "recursive doubling below %zu KiB, then shm",
+                 cc.ring_min_bytes >> 10);
+    else
+        snprintf(how, sizeof how, "%s, chunks of %zu KiB", algo_names[algo], cc.chunk_bytes >> 10);
     printf("petrel bench allreduce: float32 SUM in place, processes on this host; petrel: shm "
-           "links, ring from %zu KiB, chunks of %zu KiB; openmpi: mpirun --oversubscribe "
-           "--bind-to none, MPI_Allreduce; busbw = algbw * 2(P-1)/P%s\n",
-           cc.ring_min_bytes >> 10, cc.chunk_bytes >> 10, quick ? " (--quick)" : "");
+           "links, %s; openmpi: mpirun --oversubscribe --bind-to none, MPI_Allreduce; busbw = "
+           "algbw * 2(P-1)/P%s\n",
+           how, quick ? " (--quick)" : "");
     fflush(stdout);
     for (int pi = 0; pi < NP; pi++) r->petrel_ok[pi] = r->mpi_ok[pi] = p.use_p[pi];
     for (int n = 0; n < p.rounds; n++) {

@@ -52,7 +52,7 @@ static void train_usage(FILE *f) {
             "                      job's size decides) [1]\n"
             "  --comm NAME         allreduce | sfb | hybrid: how gradients are combined\n"
             "                      [allreduce]\n"
-            "  --bucket-kb N       gradient bucket (fusion) size in KiB [256]\n"
+            "  --bucket-kb N       gradient bucket (fusion) size in KiB [1024]\n"
             "  --overlap           reduce buckets on a communication thread during backward\n"
             "  --no-overlap        reduce after backward, on the training thread\n"
             "                      [overlap when the machine has more cores than workers]\n"
