@@ -18,7 +18,7 @@
  *      sub-blocks that stay in cache; an average divides there; the result goes to
  *      its data and to region r of its segment;
  *   4. marks the piece reduced in its segment's first cache line, and waits until
- *      every other member has marked it too (polling 50 us, then napping);
+ *      every other member has marked it too (polling 50 us, then on a futex);
  *   5. copies block q from region q of member q's segment, for every q != r.
  * Vectors larger than one piece (P blocks of BLOCK_MAX_BYTES) go piece by piece.
  *
@@ -47,10 +47,11 @@
  */
 #include "coll_impl.h"
 
+#include "core/core_impl.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
-#include <time.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -62,10 +63,8 @@
 #define NAME_BYTES      56
 #define SYNC_BYTES      64 /* SYNC1: region size (u64) and the segment's name */
 #define NAME_PREFIX     "/petrel-coll-"
-#define SPIN_NS         50000ull   /* step 4 polls this long before it naps... */
-#define NAP_MIN_NS      20000ull   /* ...first this long, doubling... */
-#define NAP_MAX_NS      1000000ull /* ...up to this */
-#define CHECK_NS        1000000ull /* step 4 checks liveness and the deadline this often */
+#define SPIN_NS         50000ull   /* a wait for marks polls this long before it sleeps */
+#define CHECK_NS        1000000ull /* and checks liveness and the deadline this often */
 
 typedef struct segment {
     char name[NAME_BYTES];
@@ -75,8 +74,13 @@ typedef struct segment {
     bool linked;        /* own segment: its name is still in /dev/shm */
 } segment;
 
-/* A segment starts with one cache line holding its owner's step-3 mark (below); the
- * regions follow. */
+/* A segment starts with one cache line: its owner's mark (below), and a futex word
+ * that the owner bumps after a new mark when members sleep on it. The regions follow. */
+typedef struct seg_header {
+    _Atomic uint64_t mark;
+    _Atomic uint32_t bell;     /* futex word */
+    _Atomic uint32_t sleepers; /* members asleep on bell, or about to be */
+} seg_header;
 #define HEADER_FLOATS 16
 
 static size_t seg_bytes(uint64_t block_cap, int P) {
@@ -223,44 +227,58 @@ static float *region(const segment *s, int q) {
     return s->base + HEADER_FLOATS + (size_t)q * s->block_cap;
 }
 
-/* The owner's mark: how far it has come in call seq (bits 32..63): phase j + 1 in
- * bits 1..31, where piece k is copied in at phase 2k and reduced at phase 2k + 1; or
+/* The owner's mark, in its header: how far it has come in call seq (bits 32..63):
+ * phase j + 1 in bits 1..31, where piece k is copied in at phase 2k and reduced at phase 2k + 1; or
  * bit 0, the call failed on the owner. Each call has its own number, so a mark left
  * by an earlier call never passes for this one. A member may be one phase ahead of
  * one that waits for it (it has seen the waiter's own mark), even in the next call,
  * where it may already have failed: a wait is over at any later mark. */
-static _Atomic uint64_t *mark(const segment *s) {
-    return (_Atomic uint64_t *)(void *)s->base;
+static seg_header *header(const segment *s) {
+    return (seg_header *)(void *)s->base;
 }
 
 static uint64_t phase_mark(uint32_t seq, size_t j) {
     return (uint64_t)seq << 32 | (uint64_t)(j + 1) << 1;
 }
 
-void petreli_local_failed(petreli_coll_call *call) {
-    petreli_local *L = call->c->local;
-    if (L && L->own.base)
-        atomic_store_explicit(mark(&L->own), (uint64_t)call->want.seq << 32 | 1,
-                              memory_order_release);
+/* A sequentially consistent store of the mark, then a load of sleepers; a sleeper
+ * increments sleepers, then loads the mark: one of the two sees the other. */
+static void set_mark(seg_header *h, uint64_t v) {
+    atomic_store(&h->mark, v);
+    if (atomic_load(&h->sleepers)) {
+        atomic_fetch_add(&h->bell, 1);
+        petreli_futex_wake(&h->bell);
+    }
 }
 
-/* Marks phase j done and waits until every other member has marked it. A member
- * whose call failed sends ABORT, one that died is seen by the net, and one that is
- * late past the deadline times out: in each case the message layer tells the story,
- * as for a member that sends nothing (petreli_coll_recv). */
+void petreli_local_failed(petreli_coll_call *call) {
+    petreli_local *L = call->c->local;
+    if (L && L->own.base) set_mark(header(&L->own), (uint64_t)call->want.seq << 32 | 1);
+}
+
+/* True when mark v of a member says it has done phase `want` of call seq; false with
+ * *failed when it says its call failed. */
+static bool reached(uint64_t v, uint64_t want, uint32_t seq, bool *failed) {
+    *failed = v >> 32 == seq && (v & 1);
+    return v >> 32 > seq || (v >= want && !(v & 1)); /* see header() */
+}
+
+/* Marks phase j done and waits until every other member has marked it: polls for
+ * SPIN_NS, then sleeps on the member's futex word. A member whose call failed sends
+ * ABORT, one that died is seen by the net, and one that is late past the deadline
+ * times out: in each case the message layer tells the story, as for a member that
+ * sends nothing (petreli_coll_recv). */
 static petrel_err phase_done(petreli_coll_call *call, size_t j) {
     petrel_comm *c = call->c;
     uint64_t want = phase_mark(call->want.seq, j), start = petrel_now_ns(),
              check = start + CHECK_NS;
-    atomic_store_explicit(mark(&c->local->own), want, memory_order_release);
+    set_mark(header(&c->local->own), want);
     for (int q = 0; q < c->size; q++) {
         if (q == c->rank) continue;
-        _Atomic uint64_t *m = mark(&c->local->peer[q]);
-        for (uint64_t nap = NAP_MIN_NS;;) {
-            uint64_t v = atomic_load_explicit(m, memory_order_acquire);
-            if (v >> 32 > call->want.seq || (v >= want && !(v & 1))) break; /* see mark() */
+        seg_header *h = header(&c->local->peer[q]);
+        bool failed;
+        while (!reached(atomic_load(&h->mark), want, call->want.seq, &failed)) {
             uint64_t now = petrel_now_ns();
-            bool failed = v >> 32 == call->want.seq && (v & 1);
             if (failed || now >= check) {
                 check = now + CHECK_NS;
                 if (failed || now >= call->deadline_ns ||
@@ -277,11 +295,13 @@ static petrel_err phase_done(petreli_coll_call *call, size_t j) {
             }
             if (now - start < SPIN_NS) {
                 sched_yield(); /* polls, yet lets a thread that has work run first */
-            } else {
-                struct timespec ts = {0, (long)nap};
-                nanosleep(&ts, NULL);
-                nap = nap * 2 < NAP_MAX_NS ? nap * 2 : NAP_MAX_NS;
+                continue;
             }
+            atomic_fetch_add(&h->sleepers, 1);
+            uint32_t bell = atomic_load(&h->bell);
+            if (!reached(atomic_load(&h->mark), want, call->want.seq, &failed))
+                petreli_futex_wait(&h->bell, bell, CHECK_NS);
+            atomic_fetch_sub(&h->sleepers, 1);
         }
     }
     return PETREL_OK;

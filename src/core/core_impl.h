@@ -1,5 +1,6 @@
 /*
- * Internals of src/core that other modules share: atomic file replacement.
+ * Internals of src/core that other modules share: atomic file replacement, and
+ * futexes on words in memory shared between processes (at the end).
  *
  * A file written through petreli_atomic_* appears under its name complete or not
  * at all: the bytes go to a temporary file beside it (same directory, so the same
@@ -49,5 +50,12 @@ void petreli_atomic_abort(petreli_atomic_file *f);
 /* open + one write + commit. */
 PETREL_NODISCARD petrel_err petreli_write_file_atomic(const char *path, const void *bytes,
                                                       size_t len);
+
+/* Futexes on 32-bit words in MAP_SHARED memory (not FUTEX_PRIVATE: the key is the
+ * page, so processes that map it share the word; thread.c). Wait sleeps while *word
+ * holds seen, at most ns (spurious returns happen: re-check); wake wakes every
+ * sleeper. */
+void petreli_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns);
+void petreli_futex_wake(_Atomic uint32_t *word);
 
 #endif

@@ -1,8 +1,12 @@
-/* Threads over pthreads. */
-#include "petrel/core.h"
+/* Threads over pthreads, and futexes (core_impl.h). */
+#include "core/core_impl.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 struct petrel_thread {
@@ -32,4 +36,14 @@ void petrel_thread_join(petrel_thread *t, void **result) {
 int petrel_cpu_count(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+void petreli_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns) {
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+                          .tv_nsec = (long)(ns % 1000000000u)};
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, &ts, NULL, 0);
+}
+
+void petreli_futex_wake(_Atomic uint32_t *word) {
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }

@@ -170,7 +170,7 @@ static void *rx_main(void *arg) {
         uint32_t bell = atomic_load(&hdr->doorbell);
         atomic_store(&hdr->sleeping, 1);
         if (!rx_any(t) && !atomic_load(&t->stopping))
-            petreli_shm_futex_wait(&hdr->doorbell, bell, RX_SLEEP_NS);
+            petreli_futex_wait(&hdr->doorbell, bell, RX_SLEEP_NS);
         atomic_store(&hdr->sleeping, 0);
         idle_since = 0;
     }

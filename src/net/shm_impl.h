@@ -8,6 +8,7 @@
 #ifndef PETREL_NET_SHM_IMPL_H
 #define PETREL_NET_SHM_IMPL_H
 
+#include "core/core_impl.h"
 #include "net_impl.h"
 
 #include <pthread.h>
@@ -122,9 +123,6 @@ static inline uint64_t petreli_shm_align64(uint64_t n) {
 }
 
 /* ---- shm_ring.c ------------------------------------------------------------------------ */
-
-/* Sleeps on the futex word in shared memory while it holds seen, at most ns. */
-void petreli_shm_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns);
 
 /* Bumps word and wakes everyone sleeping on it. */
 void petreli_shm_ring_bell(_Atomic uint32_t *word);

@@ -52,8 +52,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -62,7 +60,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -77,30 +74,19 @@
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-/* Futexes on words in MAP_SHARED memory: not FUTEX_PRIVATE, the key is the page. */
-void petreli_shm_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns) {
-    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
-                          .tv_nsec = (long)(ns % 1000000000u)};
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, &ts, NULL, 0);
-}
-
-static void futex_wake_all(_Atomic uint32_t *word) {
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
 /* Bumps word and wakes its sleepers when *flag says someone sleeps (or is about to).
  * The caller's preceding store of an index was sequentially consistent: either the
  * sleeper's re-check after setting flag sees the index, or this load sees the flag. */
 static void wake_if_waiting(_Atomic uint32_t *flag, _Atomic uint32_t *word) {
     if (atomic_load(flag) && atomic_exchange(flag, 0)) {
         atomic_fetch_add(word, 1);
-        futex_wake_all(word);
+        petreli_futex_wake(word);
     }
 }
 
 void petreli_shm_ring_bell(_Atomic uint32_t *word) {
     atomic_fetch_add(word, 1);
-    futex_wake_all(word);
+    petreli_futex_wake(word);
 }
 
 /* False once pid has exited, also while it is a zombie nobody has reaped yet. */
@@ -438,7 +424,7 @@ static petrel_err tx_wait_space(petreli_shm_transport *t, petreli_shm_peer *p, i
         tail = atomic_load(&c->tail); /* seq_cst: pairs with the reader's tail store */
         if (cap - (p->tx_head - tail) < need) {
             uint64_t ns = deadline_ns - now;
-            petreli_shm_futex_wait(&c->space, seen, ns < TX_SLEEP_NS ? ns : TX_SLEEP_NS);
+            petreli_futex_wait(&c->space, seen, ns < TX_SLEEP_NS ? ns : TX_SLEEP_NS);
         }
         atomic_store(&c->space_waiting, 0);
     }
