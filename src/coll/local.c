@@ -12,8 +12,10 @@
  *
  * P members, a piece of m elements cut into P blocks (petreli_part_start). Member r:
  *   1. copies its blocks q != r into its segment, each at region q;
- *   2. sends every other member SYNC1 (its segment's name and region size) and waits
- *      for theirs, mapping a segment it has not mapped yet;
+ *   2. in the first piece of a call, sends every other member SYNC1 (its segment's
+ *      name and region size) and waits for theirs, mapping a segment it has not
+ *      mapped yet; in later pieces, marks its copy done and waits for the others'
+ *      marks (step 4);
  *   3. reduces block r: its own values, then every other member's region r, in
  *      sub-blocks that stay in cache; an average divides there; the result goes to
  *      its data and to region r of its segment;
@@ -25,13 +27,13 @@
  * Every region has one writer at a time, without a third exchange: region q != r of
  * r's segment is read by member q in its step 3, before its mark, and rewritten by
  * r in step 1 of the next piece, after that mark; region r is read by the others in
- * their step 5, before their next SYNC1, and rewritten by r in step 3, after it.
+ * their step 5, before their next step 2, and rewritten by r in step 3, after it.
  * A region keeps its place in the segment whatever the piece's size (region q starts
  * at q * block_cap), so a short last piece does not move one region onto another.
  *
  * SYNC1 is an ordinary message of the call (comm.c): a member that calls something
- * else, is dead, or never calls is reported as for the other algorithms. The mark
- * of step 4 saves a second message round (a thread hand-off on each side); a member
+ * else, is dead, or never calls is reported as for the other algorithms. The marks
+ * save the other message rounds (a thread hand-off on each side each); a member
  * whose call fails marks that instead, and a waiter that sees it, or a dead member,
  * or its deadline, turns to the message layer for the ABORT and the story.
  * Results are the same on every member: each block is reduced on one member and
@@ -228,8 +230,8 @@ static float *region(const segment *s, int q) {
 }
 
 /* The owner's mark, in its header: how far it has come in call seq (bits 32..63):
- * phase j + 1 in bits 1..31, where piece k is copied in at phase 2k and reduced at phase 2k + 1; or
- * bit 0, the call failed on the owner. Each call has its own number, so a mark left
+ * phase j + 1 in bits 1..31, where piece k is copied in at phase 2k and reduced at
+ * phase 2k + 1; or bit 0, the call failed on the owner. Each call has its own number, so a mark left
  * by an earlier call never passes for this one. A member may be one phase ahead of
  * one that waits for it (it has seen the waiter's own mark), even in the next call,
  * where it may already have failed: a wait is over at any later mark. */
