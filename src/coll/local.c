@@ -231,10 +231,11 @@ static float *region(const segment *s, int q) {
 
 /* The owner's mark, in its header: how far it has come in call seq (bits 32..63):
  * phase j + 1 in bits 1..31, where piece k is copied in at phase 2k and reduced at
- * phase 2k + 1; or bit 0, the call failed on the owner. Each call has its own number, so a mark left
- * by an earlier call never passes for this one. A member may be one phase ahead of
- * one that waits for it (it has seen the waiter's own mark), even in the next call,
- * where it may already have failed: a wait is over at any later mark. */
+ * phase 2k + 1; or bit 0, the call failed on the owner. Each call has its own
+ * number, so a mark left by an earlier call never passes for this one. A member may
+ * be one phase ahead of one that waits for it (it has seen the waiter's own mark),
+ * even in the next call, where it may already have failed: a wait is over at any
+ * later mark. */
 static seg_header *header(const segment *s) {
     return (seg_header *)(void *)s->base;
 }
