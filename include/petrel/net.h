@@ -138,15 +138,21 @@ typedef struct petrel_msg {
     uint8_t type;
     uint32_t id;
     int64_t clock;
-    const void *data; /* len bytes; valid during a handler, or until petrel_msg_release */
+    const void *data; /* len bytes; valid during a handler (unless kept), or until
+                         petrel_msg_release */
     size_t len;
     uint64_t rpc; /* non-zero for an RPC request: pass the message to petrel_net_reply */
     void *owned;  /* internal: the buffer petrel_msg_release frees */
 } petrel_msg;
 
-/* Frees the payload of a message from petrel_net_recv or petrel_net_call. Accepts
- * a zeroed message. */
+/* Frees the payload of a message from petrel_net_recv or petrel_net_call, or one a
+ * handler kept. Accepts a zeroed message. */
 void petrel_msg_release(petrel_msg *m);
+
+/* From a handler: takes its message over instead of copying the payload, for a
+ * handler that must hold it past its return (e.g. until a clock advances). *out
+ * stays valid until petrel_msg_release(out); call at most once per message. */
+void petrel_msg_keep(const petrel_msg *m, petrel_msg *out);
 
 /* Called on the I/O thread for each complete message of a type. */
 typedef void (*petrel_msg_handler)(void *ctx, petrel_net *net, const petrel_msg *m);

@@ -340,9 +340,8 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
     }
     net->handlers[h->type].running++;
     pthread_mutex_unlock(&net->mu);
-    m.owned = NULL; /* borrowed by the handler */
     fn(ctx, net, &m);
-    petreli_msgbuf_put(buf);
+    petreli_msgbuf_put(m.owned); /* NULL when the handler kept the message */
     pthread_mutex_lock(&net->mu);
     /* Waking the mailbox's sleepers after every call would cost the receivers dearly:
      * only a removal waits for this. */
@@ -444,6 +443,11 @@ petrel_err petrel_net_on(petrel_net *net, uint8_t type, petrel_msg_handler handl
     net->removing--;
     pthread_mutex_unlock(&net->mu);
     return PETREL_OK;
+}
+
+void petrel_msg_keep(const petrel_msg *m, petrel_msg *out) {
+    *out = *m;
+    ((petrel_msg *)m)->owned = NULL; /* the dispatcher's own copy, not const there */
 }
 
 void petrel_msg_release(petrel_msg *m) {

@@ -63,8 +63,9 @@ typedef struct deferred {
     int64_t clock;
     int worker;
     int64_t n;
-    uint64_t *keys; /* one allocation with deltas */
-    float *deltas;
+    petrel_msg msg; /* the INC, kept (petrel_msg_keep): keys and deltas point into it */
+    const uint64_t *keys;
+    const float *deltas;
 } deferred;
 
 /* A GET that waits for the server clock (tables without push). */
@@ -119,6 +120,8 @@ struct petrel_ps {
     int finished;          /* workers done (servers and rank 0) */
     int64_t last_snapshot; /* clock of the latest snapshot written */
     petrel_err failure;    /* first error a handler met, reported by serve */
+    float *rows_buf;       /* the values of the ROWS being sent, reused (send_rows) */
+    size_t rows_cap;       /* floats */
 
     /* workers */
     pthread_mutex_t flush_mu; /* taken before mu by whoever sends deltas (client.c) */

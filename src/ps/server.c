@@ -75,18 +75,24 @@ static bool take_request(petrel_ps *ps, const petrel_msg *m, bool with_values, r
     return false;
 }
 
-/* Sends worker the rows at keys (ROWS at the current server clock). */
+/* Sends worker the rows at keys (ROWS at the current server clock). Call with ps->mu
+ * held: the values are gathered into one buffer that every send reuses (the send is
+ * done with it on return), so a GET allocates nothing once it has grown. */
 static petrel_err send_rows(petrel_ps *ps, int worker, uint32_t table, const uint64_t *keys,
                             int64_t n) {
     ps_table *t = &ps->tables[table];
     int64_t cols = t->spec.cols;
-    float *values = petrel_malloc((size_t)(n ? n : 1) * (size_t)cols * sizeof(float));
-    if (!values) return PETREL_ERR_NOMEM;
-    petrel_err err = petreli_ps_store_gather(t->store, keys, n, values, NULL);
+    size_t need = (size_t)(n ? n : 1) * (size_t)cols;
+    if (ps->rows_cap < need) {
+        float *b = petrel_realloc(ps->rows_buf, need * sizeof *b);
+        if (!b) return petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for %zu floats", need);
+        ps->rows_buf = b;
+        ps->rows_cap = need;
+    }
+    petrel_err err = petreli_ps_store_gather(t->store, keys, n, ps->rows_buf, NULL);
     if (err == PETREL_OK)
         err = petreli_ps_send(ps, 1 + ps->servers + worker, PS_ROWS, table, ps->clock, keys, n,
-                              values, cols);
-    petrel_free(values);
+                              ps->rows_buf, cols);
     return err;
 }
 
@@ -126,7 +132,7 @@ static void apply_deferred(petrel_ps *ps, int64_t below) {
         note_failure(ps, petreli_ps_store_apply(ps->tables[d->table].store, d->keys, d->n,
                                                 d->deltas, d->clock));
         ps->deferred_head = d->next;
-        petrel_free(d->keys);
+        petrel_msg_release(&d->msg);
         petrel_free(d);
     }
 }
@@ -225,24 +231,19 @@ static void on_inc(void *ctx, petrel_net *net, const petrel_msg *m) {
     if (!take_request(ps, m, true, &r, &why)) {
         reject(ps, m, why);
     } else if (is_bsp(&r.t->spec) && m->clock >= ps->clock) {
-        /* BSP: a read at clock c sees exactly the deltas of clocks below c. */
-        size_t kb = (size_t)r.n * sizeof *r.keys;
-        size_t vb = (size_t)r.n * (size_t)r.t->spec.cols * sizeof(float);
+        /* BSP: a read at clock c sees exactly the deltas of clocks below c. The message
+         * is kept until then, not copied. */
         deferred *d = petrel_malloc(sizeof *d);
-        unsigned char *buf = petrel_malloc(kb + vb + 1);
-        if (!d || !buf) {
-            petrel_free(d);
-            petrel_free(buf);
+        if (!d) {
             note_failure(ps, petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for deltas"));
         } else {
             *d = (deferred){.table = m->id,
                             .clock = m->clock,
                             .worker = r.worker,
                             .n = r.n,
-                            .keys = (uint64_t *)buf,
-                            .deltas = (float *)(buf + kb)};
-            memcpy(buf, r.keys, kb);
-            memcpy(buf + kb, r.values, vb);
+                            .keys = r.keys,
+                            .deltas = r.values};
+            petrel_msg_keep(m, &d->msg);
             /* Kept in (clock, worker) order, arrival order within: the result does not
              * depend on which worker's deltas came first. */
             deferred **pp = &ps->deferred_head;
@@ -395,7 +396,7 @@ void petreli_ps_server_fini(petrel_ps *ps) {
     while (ps->deferred_head) {
         deferred *d = ps->deferred_head;
         ps->deferred_head = d->next;
-        petrel_free(d->keys);
+        petrel_msg_release(&d->msg);
         petrel_free(d);
     }
     while (ps->waiting) {
@@ -404,5 +405,6 @@ void petreli_ps_server_fini(petrel_ps *ps) {
         petrel_free(g->keys);
         petrel_free(g);
     }
+    petrel_free(ps->rows_buf);
     petrel_free(ps->worker_clock);
 }
