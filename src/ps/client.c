@@ -205,7 +205,7 @@ static petrel_err batches_append(ps_batches *b, int64_t cols, const uint64_t *ke
 static petrel_err merge_batches(ps_table *t) {
     if (t->batched.n == 0) return PETREL_OK;
     petrel_err err =
-        petreli_ps_store_apply(t->oplog, t->batched.keys, t->batched.n, t->batched.values, 0);
+        petreli_ps_store_apply(t->oplog, t->batched.keys, t->batched.n, t->batched.values, 0, NULL);
     if (err == PETREL_OK) t->batched.n = 0;
     return err;
 }
@@ -295,7 +295,7 @@ petrel_err petrel_ps_get_rows(petrel_ps_worker *w, uint32_t table, const uint64_
     }
     if (err == PETREL_OK) err = merge_batches(t); /* read-my-writes looks in the per-key log */
     if (err == PETREL_OK) {
-        err = petreli_ps_store_gather(t->cache, keys, n, out, NULL);
+        err = petreli_ps_store_gather(t->cache, keys, n, out, NULL, NULL);
         for (int64_t i = 0; i < n && err == PETREL_OK; i++) {
             const cache_meta *meta =
                 petreli_ps_store_aux(t->cache, petreli_ps_store_slot(t->cache, keys[i], false));
@@ -349,7 +349,7 @@ petrel_err petrel_ps_inc_rows(petrel_ps_worker *w, uint32_t table, const uint64_
     if (batchable(ps, t, n))
         err = batches_append(&t->batched, t->spec.cols, keys, n, deltas);
     else
-        err = petreli_ps_store_apply(t->oplog, keys, n, deltas, w->clock);
+        err = petreli_ps_store_apply(t->oplog, keys, n, deltas, w->clock, NULL);
     pthread_mutex_unlock(&ps->mu);
     return err;
 }
@@ -443,7 +443,7 @@ static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
                 int64_t c = petreli_ps_store_slot(t->cache, key, false);
                 float scale = c >= 0 ? max_abs(petreli_ps_store_row(t->cache, c), cols) : 0;
                 if (size < t->spec.significance * fmaxf(scale, 1e-3f)) {
-                    err = petreli_ps_store_apply(t->spare, &key, 1, d, 0);
+                    err = petreli_ps_store_apply(t->spare, &key, 1, d, 0, NULL);
                     int64_t k = petreli_ps_store_slot(t->spare, key, false);
                     if (k >= 0)
                         ((oplog_meta *)petreli_ps_store_aux(t->spare, k))->held = om->held + 1;

@@ -88,6 +88,7 @@ typedef struct ps_batches {
 typedef struct ps_table {
     petrel_ps_table_spec spec;
     petreli_ps_store *store; /* servers: their part */
+    petreli_ps_hint *hints;  /* servers: each worker's key cache (store.h) */
     petreli_ps_store *cache; /* workers: fetched rows */
     petreli_ps_store *oplog; /* workers: deltas not yet sent, one row per key */
     petreli_ps_store *spare; /* workers: the next clock's log (held rows move here) */

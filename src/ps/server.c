@@ -89,7 +89,8 @@ static petrel_err send_rows(petrel_ps *ps, int worker, uint32_t table, const uin
         ps->rows_buf = b;
         ps->rows_cap = need;
     }
-    petrel_err err = petreli_ps_store_gather(t->store, keys, n, ps->rows_buf, NULL);
+    petrel_err err =
+        petreli_ps_store_gather(t->store, keys, n, ps->rows_buf, NULL, &t->hints[worker]);
     if (err == PETREL_OK)
         err = petreli_ps_send(ps, 1 + ps->servers + worker, PS_ROWS, table, ps->clock, keys, n,
                               ps->rows_buf, cols);
@@ -129,8 +130,9 @@ static petrel_err write_snapshot(petrel_ps *ps, int64_t clock) {
 static void apply_deferred(petrel_ps *ps, int64_t below) {
     while (ps->deferred_head && ps->deferred_head->clock < below) {
         deferred *d = ps->deferred_head;
-        note_failure(ps, petreli_ps_store_apply(ps->tables[d->table].store, d->keys, d->n,
-                                                d->deltas, d->clock));
+        ps_table *t = &ps->tables[d->table];
+        note_failure(ps, petreli_ps_store_apply(t->store, d->keys, d->n, d->deltas, d->clock,
+                                                &t->hints[d->worker]));
         ps->deferred_head = d->next;
         petrel_msg_release(&d->msg);
         petrel_free(d);
@@ -253,7 +255,8 @@ static void on_inc(void *ctx, petrel_net *net, const petrel_msg *m) {
             d->next = *pp;
             *pp = d;
         }
-    } else if (petreli_ps_store_apply(r.t->store, r.keys, r.n, r.values, m->clock) != PETREL_OK) {
+    } else if (petreli_ps_store_apply(r.t->store, r.keys, r.n, r.values, m->clock,
+                                      &r.t->hints[r.worker]) != PETREL_OK) {
         reject(ps, m, petrel_errmsg());
     }
     pthread_mutex_unlock(&ps->mu);
@@ -358,6 +361,12 @@ petrel_err petreli_ps_server_table(petrel_ps *ps, uint32_t id) {
         snapshot_path(ps, ps->cfg.resume_clock, (int)id, path, sizeof path);
         err = petreli_ps_store_load(t->store, path);
     }
+    if (err == PETREL_OK && !(t->hints = petrel_calloc((size_t)ps->workers, sizeof *t->hints)))
+        err = PETREL_ERR_NOMEM;
+    if (err != PETREL_OK) { /* the table is not counted: nothing else would free these */
+        petreli_ps_store_free(t->store);
+        t->store = NULL;
+    }
     return err;
 }
 
@@ -404,6 +413,11 @@ void petreli_ps_server_fini(petrel_ps *ps) {
         ps->waiting = g->next;
         petrel_free(g->keys);
         petrel_free(g);
+    }
+    for (int t = 0; t < ps->ntables; t++) {
+        for (int w = 0; ps->tables[t].hints && w < ps->workers; w++)
+            petreli_ps_hint_free(&ps->tables[t].hints[w]);
+        petrel_free(ps->tables[t].hints);
     }
     petrel_free(ps->rows_buf);
     petrel_free(ps->worker_clock);

@@ -48,7 +48,9 @@
  * stores; then the chunk's rows, by now in cache, are updated. A key found in
  * the index is this server's by construction; only a missing key pays for the
  * partitioner. Big arrays ask for transparent huge pages (TLB misses), and a
- * push whose first chunk makes rows sizes the arrays for the whole push.
+ * push whose first chunk makes rows sizes the arrays for the whole push. With a
+ * sender's key cache (store.h), a chunk whose keys all still sit in the slots the
+ * cache names skips both passes.
  *
  * Snapshot file (petreli_ps_store_save; docs/formats.md). Little-endian:
  *
@@ -632,6 +634,50 @@ static int64_t resolve(petreli_ps_store *s, const uint64_t *keys, int64_t i0, in
     return i1;
 }
 
+/* ---- key caching (store.h) ------------------------------------------------------------ */
+
+void petreli_ps_hint_free(petreli_ps_hint *h) {
+    petrel_free(h->slot1);
+    *h = (petreli_ps_hint){0};
+}
+
+/* Room for n entries, keeping those held; false when out of memory (the caller
+ * then goes without). */
+static bool hint_reserve(petreli_ps_hint *h, int64_t n) {
+    if (n <= h->cap) return true;
+    if ((uint64_t)n > SIZE_MAX / sizeof *h->slot1) return false;
+    uint32_t *p = petrel_realloc(h->slot1, (size_t)n * sizeof *p);
+    if (!p) return false;
+    h->slot1 = p;
+    h->cap = n;
+    return true;
+}
+
+/* Slots of keys[i0 .. i1) from slot1 (entries below `hinted` valid), each checked
+ * against the key its slot holds. False, with sl partly written, when one does not
+ * match. The loop does not branch on what it loads, for the reason resolve gives. */
+static bool from_hint(const petreli_ps_store *s, const uint32_t *slot1, int64_t hinted,
+                      const uint64_t *keys, int64_t i0, int64_t i1, int64_t *sl, prefetch_mode pf) {
+    const uint64_t *K = s->keys;
+    const uint64_t count = (uint64_t)s->count;
+    /* A list unlike the last one usually differs at once: one look, not a chunk's. */
+    if (i1 > hinted || (uint64_t)slot1[i0] - 1 >= count || K[slot1[i0] - 1] != keys[i0])
+        return false;
+    uint64_t bad = 0;
+    for (int64_t i = i0; i < i1; i++) {
+        if (i + AHEAD < hinted) {
+            uint64_t a = (uint64_t)slot1[i + AHEAD] - 1; /* 0 wraps, past count */
+            a &= -(uint64_t)(a < count);
+            __builtin_prefetch(&K[a], 0);
+            prefetch_row(s, (int64_t)a, pf);
+        }
+        uint64_t slot = (uint64_t)slot1[i] - 1, in = slot < count;
+        bad |= (in ^ 1) | (uint64_t)(K[slot & -in] != keys[i]);
+        sl[i - i0] = (int64_t)slot;
+    }
+    return bad == 0;
+}
+
 /* ---- the three operations ---------------------------------------------------------- */
 
 typedef enum op_kind { OP_APPLY, OP_GATHER, OP_SET } op_kind;
@@ -717,7 +763,8 @@ static void set_chunk(petreli_ps_store *s, const int64_t *sl, int64_t m, const f
 }
 
 static petrel_err run(petreli_ps_store *s, op_kind op, const uint64_t *keys, int64_t n,
-                      const float *in, float *out, int64_t *slots_out, int64_t clock) {
+                      const float *in, float *out, int64_t *slots_out, int64_t clock,
+                      petreli_ps_hint *hint) {
     PETREL_ASSERT(n >= 0 && (n == 0 || keys), "ps store: n >= 0 keys");
     int64_t sl[CHUNK];
     rejects rj = {0};
@@ -729,9 +776,18 @@ static petrel_err run(petreli_ps_store *s, op_kind op, const uint64_t *keys, int
     else if (op == OP_APPLY && s->spec.rule != PETREL_PS_SUM)
         pf = PF_ALL;
     const int64_t count0 = s->count;
+    /* Only the hash index misses the cache; the others are as fast as the hint. */
+    if (hint && (s->index != INDEX_HASH || !hint_reserve(hint, n))) hint = NULL;
+    const int64_t hinted = hint ? hint->n : 0;
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
         int64_t i1 = n - i0 < CHUNK ? n : i0 + CHUNK;
-        int64_t m = resolve(s, keys, i0, i1, n, sl, &rj, pf, &err) - i0;
+        bool hit = hint && from_hint(s, hint->slot1, hinted, keys, i0, i1, sl, pf);
+        int64_t m = hit ? i1 - i0 : resolve(s, keys, i0, i1, n, sl, &rj, pf, &err) - i0;
+        if (hint) {
+            hint->hits += hit ? m : 0;
+            for (int64_t k = 0; k < m; k++) hint->slot1[i0 + k] = (uint32_t)(sl[k] + 1);
+            hint->n = i0 + m;
+        }
         if (i0 == 0 && m == CHUNK && s->count > count0)
             presize(s, (n - m) / m * (s->count - count0));
         switch (op) {
@@ -752,18 +808,18 @@ static petrel_err run(petreli_ps_store *s, op_kind op, const uint64_t *keys, int
 }
 
 petrel_err petreli_ps_store_apply(petreli_ps_store *s, const uint64_t *keys, int64_t n,
-                                  const float *deltas, int64_t clock) {
-    return run(s, OP_APPLY, keys, n, deltas, NULL, NULL, clock);
+                                  const float *deltas, int64_t clock, petreli_ps_hint *hint) {
+    return run(s, OP_APPLY, keys, n, deltas, NULL, NULL, clock, hint);
 }
 
 petrel_err petreli_ps_store_gather(petreli_ps_store *s, const uint64_t *keys, int64_t n, float *out,
-                                   int64_t *slots) {
-    return run(s, OP_GATHER, keys, n, NULL, out, slots, 0);
+                                   int64_t *slots, petreli_ps_hint *hint) {
+    return run(s, OP_GATHER, keys, n, NULL, out, slots, 0, hint);
 }
 
 petrel_err petreli_ps_store_set(petreli_ps_store *s, const uint64_t *keys, int64_t n,
                                 const float *values) {
-    return run(s, OP_SET, keys, n, values, NULL, NULL, 0);
+    return run(s, OP_SET, keys, n, values, NULL, NULL, 0, NULL);
 }
 
 int64_t petreli_ps_store_slot(petreli_ps_store *s, uint64_t key, bool create) {

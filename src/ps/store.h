@@ -57,20 +57,38 @@ void *petreli_ps_store_aux(petreli_ps_store *s, int64_t slot);
 float *petreli_ps_store_state(petreli_ps_store *s, int64_t slot);
 int64_t petreli_ps_store_steps(const petreli_ps_store *s, int64_t slot);
 
+/* Key caching (after Li et al., OSDI'14, section 3.5): the slots a store found for
+ * one sender's last key list, in the list's order (slot + 1; 0: none). A server
+ * keeps one per worker and table. When a worker sends the same keys in the same
+ * order again (a worker with a fixed working set does, every clock), apply and
+ * gather take each key's slot from here after checking that the slot still holds
+ * that key, and skip the hash index, whose probes miss the cache at random. The
+ * check is per key, so a changed list can only cost time, never a wrong row:
+ * a run of CHUNK keys with one mismatch goes through the index. */
+typedef struct petreli_ps_hint {
+    uint32_t *slot1;
+    int64_t n, cap; /* entries valid, allocated */
+    int64_t hits;   /* keys found through it, ever */
+} petreli_ps_hint;
+
+void petreli_ps_hint_free(petreli_ps_hint *h);
+
 /* Applies the table's rule to n rows: keys[i] with deltas + i * cols, from a worker
- * at clock. Sparse rows are made on first touch. PETREL_ERR_INVALID names the first
- * key that is not this server's (the others are still applied). PETREL_ERR_NOMEM
- * when a row cannot be made: the keys before some index have been applied, the
- * others not, and the store is consistent. A key repeated in one call is applied
- * once per occurrence, in order. */
+ * at clock. hint (NULL for none) is the sender's key cache, used and updated. Sparse rows are made
+ * on first touch. PETREL_ERR_INVALID names the first key that is not this server's (the others are
+ * still applied). PETREL_ERR_NOMEM when a row cannot be made: the keys before some index have been
+ * applied, the others not, and the store is consistent. A key repeated in one call is applied once
+ * per occurrence, in order. */
 PETREL_NODISCARD petrel_err petreli_ps_store_apply(petreli_ps_store *s, const uint64_t *keys,
-                                                   int64_t n, const float *deltas, int64_t clock);
+                                                   int64_t n, const float *deltas, int64_t clock,
+                                                   petreli_ps_hint *hint);
 
 /* Copies n rows into out (cols floats each); slots (may be NULL) receives each
  * row's slot (-1, and zeros in out, for another server's key). Sparse rows are
- * made on first touch. Errors as apply. */
+ * made on first touch. hint and errors as apply. */
 PETREL_NODISCARD petrel_err petreli_ps_store_gather(petreli_ps_store *s, const uint64_t *keys,
-                                                    int64_t n, float *out, int64_t *slots);
+                                                    int64_t n, float *out, int64_t *slots,
+                                                    petreli_ps_hint *hint);
 
 /* Overwrites n rows' values (their rule state is kept), making missing sparse
  * rows. Errors as apply. */

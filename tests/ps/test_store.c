@@ -1,7 +1,7 @@
 /* The parameter server's per-server store (src/ps/store.c): partitioners, dense
  * and sparse rows, first-touch initialization, the update rules against nn's
- * optimizers and a naive reference, ownership errors, snapshot files and
- * out-of-memory. */
+ * optimizers and a naive reference, ownership errors, key caching against a store
+ * without it, snapshot files and out-of-memory. */
 #include "check.h"
 #include "ps/store.h"
 
@@ -133,7 +133,7 @@ static void check_dense_layout(petrel_ps_partition part, int servers) {
         float got[3000];
         int64_t where[1000];
         for (int64_t k = 0; k < rows; k++) all[k] = (uint64_t)(rows - 1 - k);
-        petrel_err err = petreli_ps_store_gather(s, all, rows, got, where);
+        petrel_err err = petreli_ps_store_gather(s, all, rows, got, where, NULL);
         CHECK(err == (n == rows ? PETREL_OK : PETREL_ERR_INVALID));
         if (n < rows) {
             char want[64];
@@ -165,7 +165,7 @@ static void test_dense_precreated(void) {
     CHECK(petreli_ps_store_count(s) == 0);
     float out = 1;
     uint64_t k = 1;
-    CHECK_ERR(petreli_ps_store_gather(s, &k, 1, &out, NULL), PETREL_ERR_INVALID);
+    CHECK_ERR(petreli_ps_store_gather(s, &k, 1, &out, NULL, NULL), PETREL_ERR_INVALID);
     CHECK(out == 0);
     petreli_ps_store_free(s);
 }
@@ -193,9 +193,9 @@ static void test_sparse_first_touch(void) {
         d[2 * i] = (float)i;
         d[2 * i + 1] = -1.0f;
     }
-    CHECK_OK(petreli_ps_store_apply(s, keys, n, d, 0));
+    CHECK_OK(petreli_ps_store_apply(s, keys, n, d, 0, NULL));
     CHECK(petreli_ps_store_count(s) == n + 2);
-    CHECK_OK(petreli_ps_store_gather(s, keys, n, out, slots));
+    CHECK_OK(petreli_ps_store_gather(s, keys, n, out, slots, NULL));
     for (int64_t i = 0; i < n; i++) {
         CHECK(out[2 * i] == 0.5f + (float)i && out[2 * i + 1] == -0.5f);
         CHECK(slots[i] == i + 2 && petreli_ps_store_key(s, slots[i]) == keys[i]);
@@ -208,12 +208,12 @@ static void test_sparse_first_touch(void) {
     /* Duplicates in one push add up; set overwrites values. */
     uint64_t dup[3] = {7, 7, 7};
     float dd[6] = {1, 2, 3, 4, 5, 6}, got[2];
-    CHECK_OK(petreli_ps_store_apply(s, dup, 3, dd, 0));
-    CHECK_OK(petreli_ps_store_gather(s, dup, 1, got, NULL));
+    CHECK_OK(petreli_ps_store_apply(s, dup, 3, dd, 0, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, dup, 1, got, NULL, NULL));
     CHECK(got[0] == 0.5f + 9 && got[1] == 0.5f + 12);
     float v[2] = {-3, 4};
     CHECK_OK(petreli_ps_store_set(s, dup, 1, v));
-    CHECK_OK(petreli_ps_store_gather(s, dup, 1, got, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, dup, 1, got, NULL, NULL));
     CHECK(got[0] == -3 && got[1] == 4);
     uint64_t fresh = 77;
     CHECK_OK(petreli_ps_store_set(s, &fresh, 1, v)); /* set makes a missing row */
@@ -259,7 +259,7 @@ static void test_clear(void) {
     for (int i = 0; i < SAME; i++) keys[i * 20] = unmix64((0xabcdeull << 44) | (uint64_t)i);
     for (int round = 0; round < 3; round++) {
         int n = round == 0 ? BIG : SMALL; /* rounds 1, 2: a few rows in a big index */
-        CHECK_OK(petreli_ps_store_apply(s, keys, n, d, 0));
+        CHECK_OK(petreli_ps_store_apply(s, keys, n, d, 0, NULL));
         CHECK(petreli_ps_store_count(s) == n);
         petreli_ps_store_clear(s);
         CHECK(petreli_ps_store_count(s) == 0);
@@ -268,13 +268,108 @@ static void test_clear(void) {
     /* Refilled in another order: fresh rows, slots from 0, every key found. */
     uint64_t rev[SMALL];
     for (int i = 0; i < SMALL; i++) rev[i] = keys[SMALL - 1 - i];
-    CHECK_OK(petreli_ps_store_gather(s, rev, SMALL, out, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, rev, SMALL, out, NULL, NULL));
     CHECK(petreli_ps_store_count(s) == SMALL);
     for (int i = 0; i < SMALL; i++) {
         CHECK(out[i] == 2);
         CHECK(petreli_ps_store_slot(s, rev[i], false) == i);
     }
     petreli_ps_store_free(s);
+}
+
+/* Key caching: a store that applies and gathers through a sender's key cache ends
+ * bit for bit where one without it does, whatever the lists do between calls: come
+ * again (the cache serves every key), change a few keys, come shuffled, grow,
+ * shrink, repeat a key, carry another server's keys, or meet a cleared store whose
+ * slots now hold other keys. Rule Adagrad: a row's result depends on the order of
+ * its updates. */
+static void test_key_cache(void) {
+    petrel_ps_table_spec spec = spec_of(PETREL_PS_SPARSE, 0, 2, PETREL_PS_ADAGRAD);
+    spec.init = PETREL_PS_INIT_UNIFORM;
+    spec.init_a = -1;
+    spec.init_b = 1;
+    petreli_ps_store *cached = make(&spec, 0, 2, 0), *plain = make(&spec, 0, 2, 0);
+    petreli_ps_hint hint = {0};
+    enum { MAXN = 1500, POOL = 4000 };
+    static uint64_t pool[POOL], list[MAXN], tmp[MAXN];
+    static float d[MAXN * 2], got_c[MAXN * 2], got_p[MAXN * 2];
+    static int64_t sl_c[MAXN], sl_p[MAXN];
+    petrel_rng rng;
+    petrel_rng_seed(&rng, seed);
+    /* This server's keys, and a few of the other's for rejections. */
+    int owned = 0;
+    for (uint64_t k = 1; owned < POOL; k++)
+        if (petreli_ps_partition(&spec, k, 2) == 0 || k % 97 == 0) pool[owned++] = k;
+    int64_t n = 0;
+    int served = 0;
+    for (int step = 0; step < 300; step++) {
+        int what = (int)petrel_rng_below(&rng, 8);
+        if (what == 0 || n == 0) { /* a new list, some keys twice */
+            n = (int64_t)petrel_rng_below(&rng, MAXN + 1);
+            for (int64_t i = 0; i < n; i++) list[i] = pool[petrel_rng_below(&rng, POOL)];
+        } else if (what == 1) { /* a few keys changed */
+            for (int c = 0; c < 3; c++) list[petrel_rng_below(&rng, (uint64_t)n)] = pool[c * 7];
+        } else if (what == 2) { /* shuffled */
+            for (int64_t i = n - 1; i > 0; i--) {
+                int64_t j = (int64_t)petrel_rng_below(&rng, (uint64_t)i + 1);
+                uint64_t t = list[i];
+                list[i] = list[j];
+                list[j] = t;
+            }
+        } else if (what == 3) { /* longer or shorter, same start */
+            int64_t m = (int64_t)petrel_rng_below(&rng, MAXN + 1);
+            for (int64_t i = n; i < m; i++) list[i] = pool[petrel_rng_below(&rng, POOL)];
+            n = m;
+        } else if (what == 4 && step % 5 == 0) { /* slots renumbered under the cache */
+            petreli_ps_store_clear(cached);
+            petreli_ps_store_clear(plain);
+            /* refill in another order, so that old slots hold other keys */
+            for (int64_t i = 0; i < n; i++) tmp[i] = list[n - 1 - i];
+            for (int64_t i = 0; i < n * 2; i++) d[i] = 0;
+            petrel_err ec = petreli_ps_store_apply(cached, tmp, n, d, step, NULL);
+            CHECK(ec == petreli_ps_store_apply(plain, tmp, n, d, step, NULL));
+        } /* else: the same list again */
+        for (int64_t i = 0; i < n * 2; i++) d[i] = petrel_rng_uniform(&rng) - 0.5f;
+        int64_t hits0 = hint.hits;
+        petrel_err ec, ep;
+        if (petrel_rng_below(&rng, 3) == 0) {
+            ec = petreli_ps_store_gather(cached, list, n, got_c, sl_c, &hint);
+            ep = petreli_ps_store_gather(plain, list, n, got_p, sl_p, NULL);
+            CHECK(ec == ep);
+            CHECK(memcmp(got_c, got_p, (size_t)n * 2 * sizeof(float)) == 0);
+            CHECK(memcmp(sl_c, sl_p, (size_t)n * sizeof(int64_t)) == 0);
+            for (int64_t i = 0; i < n; i++) CHECK(hint.slot1[i] == (uint32_t)(sl_c[i] + 1));
+        } else {
+            ec = petreli_ps_store_apply(cached, list, n, d, step, &hint);
+            ep = petreli_ps_store_apply(plain, list, n, d, step, NULL);
+            CHECK(ec == ep);
+        }
+        CHECK(hint.n == n && hint.hits - hits0 <= n);
+        served += hint.hits > hits0;
+        CHECK(petreli_ps_store_count(cached) == petreli_ps_store_count(plain));
+    }
+    CHECK(served > 50); /* the repeated lists were served by the cache */
+    int64_t count = petreli_ps_store_count(plain);
+    CHECK(memcmp(petreli_ps_store_keys(cached), petreli_ps_store_keys(plain),
+                 (size_t)count * sizeof(uint64_t)) == 0);
+    CHECK(memcmp(petreli_ps_store_row(cached, 0), petreli_ps_store_row(plain, 0),
+                 (size_t)count * 2 * sizeof(float)) == 0);
+    CHECK(memcmp(petreli_ps_store_state(cached, 0), petreli_ps_store_state(plain, 0),
+                 (size_t)count * 2 * sizeof(float)) == 0);
+
+    /* The same list twice, all keys this server's: the second call is all hits. */
+    for (int64_t i = 0; i < 700; i++) list[i] = pool[i] % 97 ? pool[i] : pool[i] + 1;
+    int64_t k = 0;
+    for (int64_t i = 0; i < 700; i++)
+        if (petreli_ps_partition(&spec, list[i], 2) == 0) list[k++] = list[i];
+    CHECK_OK(petreli_ps_store_gather(cached, list, k, got_c, NULL, &hint));
+    int64_t hits0 = hint.hits;
+    CHECK_OK(petreli_ps_store_gather(cached, list, k, got_p, NULL, &hint));
+    CHECK(hint.hits - hits0 == k);
+    CHECK(memcmp(got_c, got_p, (size_t)k * 2 * sizeof(float)) == 0);
+    petreli_ps_hint_free(&hint);
+    petreli_ps_store_free(cached);
+    petreli_ps_store_free(plain);
 }
 
 /* The same key gets the same initial row whichever server holds it, however many
@@ -294,12 +389,13 @@ static void test_init_deterministic(void) {
         spec.init_seed = 7;
         float one[500 * 4], three[500 * 4], row[4];
         petreli_ps_store *s1 = make(&spec, 0, 1, 0);
-        CHECK_OK(petreli_ps_store_gather(s1, keys, n, one, NULL));
+        CHECK_OK(petreli_ps_store_gather(s1, keys, n, one, NULL, NULL));
         petreli_ps_store *s3[3];
         for (int sv = 0; sv < 3; sv++) s3[sv] = make(&spec, sv, 3, 0);
         for (int64_t i = 0; i < n; i++) { /* reversed order */
             int sv = petreli_ps_partition(&spec, rev[i], 3);
-            CHECK_OK(petreli_ps_store_gather(s3[sv], &rev[i], 1, three + (n - 1 - i) * C, NULL));
+            CHECK_OK(
+                petreli_ps_store_gather(s3[sv], &rev[i], 1, three + (n - 1 - i) * C, NULL, NULL));
         }
         CHECK(memcmp(one, three, sizeof one) == 0);
         double mean = 0, lo = 1e9, hi = -1e9;
@@ -319,7 +415,7 @@ static void test_init_deterministic(void) {
         /* Another seed, other values; the same seed again, the same ones. */
         spec.init_seed = 8;
         petreli_ps_store *other = make(&spec, 0, 1, 0);
-        CHECK_OK(petreli_ps_store_gather(other, keys, 1, row, NULL));
+        CHECK_OK(petreli_ps_store_gather(other, keys, 1, row, NULL, NULL));
         CHECK(memcmp(row, one, sizeof row) != 0);
         petreli_ps_store_free(other);
         for (int sv = 0; sv < 3; sv++) petreli_ps_store_free(s3[sv]);
@@ -354,13 +450,13 @@ static void test_not_ours(void) {
     }
     uint64_t keys[3] = {mine, theirs, mine};
     float d[3] = {1, 2, 3}, out[3] = {9, 9, 9};
-    CHECK_ERR(petreli_ps_store_apply(s, keys, 3, d, 0), PETREL_ERR_INVALID);
+    CHECK_ERR(petreli_ps_store_apply(s, keys, 3, d, 0, NULL), PETREL_ERR_INVALID);
     char want[64];
     snprintf(want, sizeof want, "key %llu belongs to server 2", (unsigned long long)theirs);
     CHECK(strstr(petrel_errmsg(), want) != NULL);
     CHECK(strstr(petrel_errmsg(), "1 of 3 keys") != NULL);
     CHECK(petreli_ps_store_count(s) == 1); /* the others were applied */
-    CHECK_ERR(petreli_ps_store_gather(s, keys, 3, out, NULL), PETREL_ERR_INVALID);
+    CHECK_ERR(petreli_ps_store_gather(s, keys, 3, out, NULL, NULL), PETREL_ERR_INVALID);
     CHECK(out[0] == 4 && out[1] == 0 && out[2] == 4);
     CHECK_ERR(petreli_ps_store_set(s, keys + 1, 1, d), PETREL_ERR_INVALID);
     CHECK(petreli_ps_store_slot(s, theirs, true) == -1);
@@ -373,11 +469,11 @@ static void test_not_ours(void) {
     s = make(&spec, 0, 2, 0);
     uint64_t beyond[2] = {3, 100};
     float dd[4] = {1, 1, 1, 1};
-    CHECK_ERR(petreli_ps_store_apply(s, beyond, 2, dd, 0), PETREL_ERR_INVALID);
+    CHECK_ERR(petreli_ps_store_apply(s, beyond, 2, dd, 0, NULL), PETREL_ERR_INVALID);
     CHECK(strstr(petrel_errmsg(), "key 100 is outside the dense table of 100 rows") != NULL);
     CHECK(petreli_ps_store_row(s, 3)[0] == 1);
     uint64_t other = 50;
-    CHECK_ERR(petreli_ps_store_apply(s, &other, 1, dd, 0), PETREL_ERR_INVALID);
+    CHECK_ERR(petreli_ps_store_apply(s, &other, 1, dd, 0, NULL), PETREL_ERR_INVALID);
     CHECK(strstr(petrel_errmsg(), "key 50 belongs to server 1") != NULL);
     petreli_ps_store_free(s);
 
@@ -449,8 +545,8 @@ static void check_rule(petrel_ps_rule rule, petrel_optim_kind kind, float lr, fl
      * correction counts per row). */
     const uint64_t a = 5, b = 9;
     float pa[RC], pb[RC];
-    CHECK_OK(petreli_ps_store_gather(s, &a, 1, pa, NULL));
-    CHECK_OK(petreli_ps_store_gather(s, &b, 1, pb, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, &a, 1, pa, NULL, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, &b, 1, pb, NULL, NULL));
     double da[RC], ma[RC] = {0}, va[RC] = {0}, db[RC], mb[RC] = {0}, vb[RC] = {0};
     for (int i = 0; i < RC; i++) da[i] = pa[i], db[i] = pb[i];
     petrel_optim *oa, *ob;
@@ -459,19 +555,19 @@ static void check_rule(petrel_ps_rule rule, petrel_optim_kind kind, float lr, fl
     CHECK_OK(petrel_optim_new(&ob, oc, RC));
     float got[RC];
     for (int t = 0; t < 4; t++) {
-        CHECK_OK(petreli_ps_store_apply(s, &a, 1, grads[t], t));
+        CHECK_OK(petreli_ps_store_apply(s, &a, 1, grads[t], t, NULL));
         petrel_optim_step(oa, pa, grads[t]);
         naive(oc, da, ma, va, t + 1, grads[t]);
-        CHECK_OK(petreli_ps_store_gather(s, &a, 1, got, NULL));
+        CHECK_OK(petreli_ps_store_gather(s, &a, 1, got, NULL, NULL));
         CHECK_TENSOR_NEAR(got, pa, RC, 1e-6, 0);
         for (int i = 0; i < RC; i++) CHECK_NEAR(got[i], da[i], 1e-6, 1e-5);
         if (t == 2) {
-            CHECK_OK(petreli_ps_store_apply(s, &b, 1, grads[3], 0));
+            CHECK_OK(petreli_ps_store_apply(s, &b, 1, grads[3], 0, NULL));
             petrel_optim_step(ob, pb, grads[3]);
             naive(oc, db, mb, vb, 1, grads[3]);
         }
     }
-    CHECK_OK(petreli_ps_store_gather(s, &b, 1, got, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, &b, 1, got, NULL, NULL));
     CHECK_TENSOR_NEAR(got, pb, RC, 1e-6, 0);
     for (int i = 0; i < RC; i++) CHECK_NEAR(got[i], db[i], 1e-6, 1e-5);
     int64_t sa = petreli_ps_store_slot(s, a, false);
@@ -517,8 +613,8 @@ static void test_rule_overrides_optim_kind(void) {
     petreli_ps_store *s = make(&spec, 0, 1, 0);
     uint64_t k = 0;
     float g = 1;
-    CHECK_OK(petreli_ps_store_apply(s, &k, 1, &g, 0));
-    CHECK_OK(petreli_ps_store_apply(s, &k, 1, &g, 0));
+    CHECK_OK(petreli_ps_store_apply(s, &k, 1, &g, 0, NULL));
+    CHECK_OK(petreli_ps_store_apply(s, &k, 1, &g, 0, NULL));
     /* v = 1, p = -0.5; v = 1.5, p = -1.25 */
     CHECK_NEAR(petreli_ps_store_row(s, 0)[0], -1.25, 1e-7, 0);
     petreli_ps_store_free(s);
@@ -554,9 +650,9 @@ static void test_rule_custom(void) {
     petreli_ps_store *s = make(&spec, 0, 1, 0);
     uint64_t keys[3] = {11, 12, 11};
     float d[6] = {1, 2, 10, 20, 3, 4};
-    CHECK_OK(petreli_ps_store_apply(s, keys, 3, d, 17));
+    CHECK_OK(petreli_ps_store_apply(s, keys, 3, d, 17, NULL));
     CHECK(log.calls == 3 && log.last_key == 11 && log.last_clock == 17 && log.last_cols == 2);
-    CHECK_OK(petreli_ps_store_apply(s, keys + 1, 1, d, 18));
+    CHECK_OK(petreli_ps_store_apply(s, keys + 1, 1, d, 18, NULL));
     const float *r11 = petreli_ps_store_row(s, petreli_ps_store_slot(s, 11, false));
     const float *r12 = petreli_ps_store_row(s, petreli_ps_store_slot(s, 12, false));
     CHECK(r11[0] == 1 + 3 * 2 && r11[1] == 2 + 4 * 2);
@@ -596,7 +692,7 @@ static petreli_ps_store *filled(petrel_ps_table_spec *spec, int64_t n) {
         uint64_t key = petrel_rng_below(&rng, 5000);
         if (petreli_ps_partition(spec, key, 2) != 1) continue;
         float g[3] = {petrel_rng_normal(&rng), petrel_rng_normal(&rng), 1.0f};
-        CHECK_OK(petreli_ps_store_apply(s, &key, 1, g, 0));
+        CHECK_OK(petreli_ps_store_apply(s, &key, 1, g, 0, NULL));
     }
     return s;
 }
@@ -621,8 +717,8 @@ static void test_snapshot_round_trip(void) {
         CHECK(petreli_ps_store_slot(t, petreli_ps_store_key(s, i), false) == i);
     uint64_t key = petreli_ps_store_key(s, 3);
     float g[3] = {0.5f, -0.5f, 0.25f};
-    CHECK_OK(petreli_ps_store_apply(s, &key, 1, g, 0));
-    CHECK_OK(petreli_ps_store_apply(t, &key, 1, g, 0));
+    CHECK_OK(petreli_ps_store_apply(s, &key, 1, g, 0, NULL));
+    CHECK_OK(petreli_ps_store_apply(t, &key, 1, g, 0, NULL));
     CHECK(same_store(s, t, 3, 6));
     petreli_ps_store_free(t);
     petreli_ps_store_free(s);
@@ -636,7 +732,7 @@ static void test_snapshot_round_trip(void) {
     for (int64_t i = 0; i < petreli_ps_store_count(s); i += 3) {
         uint64_t dk = petreli_ps_store_key(s, i);
         float dg[4] = {1, 2, 3, (float)i};
-        CHECK_OK(petreli_ps_store_apply(s, &dk, 1, dg, 0));
+        CHECK_OK(petreli_ps_store_apply(s, &dk, 1, dg, 0, NULL));
     }
     CHECK_OK(petreli_ps_store_save(s, path));
     t = make(&spec, 2, 3, 0);
@@ -755,7 +851,7 @@ static void test_out_of_memory(void) {
     for (int i = 0; i < N; i++) keys[i] = (uint64_t)i * 7919, d[i] = 1;
     petrel_ps_table_spec spec = spec_of(PETREL_PS_SPARSE, 0, 1, PETREL_PS_SUM);
     petreli_ps_store *s = make(&spec, 0, 1, 4);
-    CHECK_OK(petreli_ps_store_apply(s, keys, 10, d, 0));
+    CHECK_OK(petreli_ps_store_apply(s, keys, 10, d, 0, NULL));
     /* Fail the k-th allocation of a push of new keys, for every k until the
      * push needs no more: NOMEM, the store consistent, the rows before the
      * failure applied and the rows after it untouched. */
@@ -763,7 +859,7 @@ static void test_out_of_memory(void) {
     for (int64_t k = 0;; k++) {
         int64_t count = petreli_ps_store_count(s);
         petrel_alloc_fail_after(k);
-        petrel_err err = petreli_ps_store_apply(s, keys, N, d, 0);
+        petrel_err err = petreli_ps_store_apply(s, keys, N, d, 0, NULL);
         petrel_alloc_fail_after(-1);
         CHECK(consistent(s));
         if (err == PETREL_OK) break;
@@ -776,7 +872,7 @@ static void test_out_of_memory(void) {
     CHECK(petreli_ps_store_count(s) == N);
     /* Each attempt applied a prefix of keys, the last one all of them. */
     float out[N];
-    CHECK_OK(petreli_ps_store_gather(s, keys, N, out, NULL));
+    CHECK_OK(petreli_ps_store_gather(s, keys, N, out, NULL, NULL));
     for (int i = 1; i < N; i++) CHECK(out[i] <= out[i - 1]);
     CHECK(out[N - 1] >= 1 && out[0] == (float)(failures + 2));
 
@@ -797,7 +893,7 @@ static void test_out_of_memory(void) {
 
         petreli_ps_store *y = make(&spec, 0, 1, 4);
         uint64_t one = 99;
-        CHECK_OK(petreli_ps_store_apply(y, &one, 1, d, 0));
+        CHECK_OK(petreli_ps_store_apply(y, &one, 1, d, 0, NULL));
         petrel_alloc_fail_after(k);
         err = petreli_ps_store_load(y, path);
         petrel_alloc_fail_after(-1);
@@ -829,6 +925,7 @@ int main(void) {
     RUN(test_dense_precreated);
     RUN(test_sparse_first_touch);
     RUN(test_clear);
+    RUN_SEEDED(test_key_cache, seed);
     RUN_SEEDED(test_init_deterministic, seed);
     RUN(test_not_ours);
     RUN(test_rule_sgd);
