@@ -33,22 +33,22 @@ static void account(int64_t delta) {
     }
 }
 
-/* Blocks of HUGE_FROM or more ask for transparent huge pages before anything
- * touches them (the kernel then backs them with 2 MiB pages as they fault in).
- * Parameter-server tables, datasets and model replicas are read at random, and
- * with 4 KiB pages nearly every such access also misses the TLB: a 10M-key PS
- * table served a quarter fewer keys/s without them. Only advice: it may be
- * refused. Smaller blocks are left alone: rounding them to whole huge pages would
- * waste too much. */
+/* Blocks of HUGE_FROM or more start on a huge-page boundary and ask for
+ * transparent huge pages before anything touches them (the kernel then backs them
+ * with 2 MiB pages as they fault in). Parameter-server tables, datasets and model
+ * replicas are read at random, and with 4 KiB pages nearly every such access also
+ * misses the TLB: a 10M-key PS table served a quarter fewer keys/s without them.
+ * Only advice: it may be refused. The advice covers the block's whole huge pages
+ * only: the header makes a block of 4 MiB end 64 bytes into a third page, and
+ * rounding the block up to it would fault in 2 MiB for those 64 bytes. Smaller
+ * blocks are left alone for the same reason. */
 #define HUGE_PAGE ((size_t)2 << 20)
 #define HUGE_FROM (2 * HUGE_PAGE)
 
 static void advise_huge(void *p, size_t bytes) {
 #ifdef MADV_HUGEPAGE
-    const uintptr_t page = 4096;
-    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1);
-    uintptr_t b = ((uintptr_t)p + bytes) & ~(page - 1);
-    if (b > a) (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
+    size_t whole = bytes & ~(HUGE_PAGE - 1); /* p is huge-page aligned */
+    if (whole) (void)madvise(p, whole, MADV_HUGEPAGE);
 #else
     (void)p;
     (void)bytes;
@@ -64,11 +64,10 @@ static void *raw_alloc(size_t bytes, bool zero) {
         petrel_error_set(PETREL_ERR_NOMEM, "allocation of %zu bytes is too large", bytes);
         return NULL;
     }
-    size_t total = (bytes + HEADER + 63) & ~(size_t)63;
-    /* a large block starts and ends on huge-page boundaries, so all of it can use them */
+    size_t total = bytes + HEADER;
     size_t align = total >= HUGE_FROM ? HUGE_PAGE : 64;
-    if (align > 64) total = (total + align - 1) & ~(align - 1);
-    unsigned char *p = aligned_alloc(align, total);
+    void *block = NULL;
+    unsigned char *p = posix_memalign(&block, align, total) == 0 ? block : NULL;
     if (!p) {
         petrel_error_set(PETREL_ERR_NOMEM, "allocation of %zu bytes failed", bytes);
         return NULL;
