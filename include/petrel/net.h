@@ -159,9 +159,9 @@ typedef void (*petrel_msg_handler)(void *ctx, petrel_net *net, const petrel_msg 
 
 /* Routes every message of type (>= PETREL_MSG_USER) to handler instead of the
  * mailbox. Register before the peers start sending (e.g. before a barrier).
- * handler NULL removes it: later messages of the type go to the mailbox, and the
- * call returns once no call of the old handler is running, so that its context
- * may be freed (never remove a handler from inside a call of it). */
+ * handler NULL removes it: later messages of the type go to the mailbox. Replacing
+ * or removing returns once no call of the old handler is running, so that its
+ * context may be freed (never replace a handler from inside a call of it). */
 PETREL_NODISCARD petrel_err petrel_net_on(petrel_net *net, uint8_t type, petrel_msg_handler handler,
                                           void *ctx);
 

@@ -342,11 +342,14 @@ void petreli_deliver(petrel_net *net, int src, const petreli_wire_header *h, uns
     pthread_mutex_unlock(&net->mu);
     fn(ctx, net, &m);
     petreli_msgbuf_put(m.owned); /* NULL when the handler kept the message */
-    pthread_mutex_lock(&net->mu);
-    /* Waking the mailbox's sleepers after every call would cost the receivers dearly:
-     * only a removal waits for this. */
-    if (--net->handlers[h->type].running == 0 && net->removing) pthread_cond_broadcast(&net->cv);
-    pthread_mutex_unlock(&net->mu);
+    /* No lock per message: only petrel_net_on waits for this, and it counts itself in
+     * `removing` before it looks at `running` (both sequentially consistent), so a
+     * call that ends after that look sees it and wakes it. */
+    if (atomic_fetch_sub(&net->handlers[h->type].running, 1) == 1 && atomic_load(&net->removing)) {
+        pthread_mutex_lock(&net->mu);
+        pthread_cond_broadcast(&net->cv);
+        pthread_mutex_unlock(&net->mu);
+    }
 }
 
 void *petreli_ev_frame_begin(void *ctx, int src, const petreli_wire_header *h) {
@@ -436,9 +439,10 @@ petrel_err petrel_net_on(petrel_net *net, uint8_t type, petrel_msg_handler handl
     pthread_mutex_lock(&net->mu);
     net->handlers[type].fn = handler;
     net->handlers[type].ctx = ctx;
-    /* Once removed, no call may still be using the old context (it may be freed next). */
+    /* Once replaced or removed, no call may still be using the old context (it may be
+     * freed next). Bounded by the calls in progress; a handler must not replace itself. */
     net->removing++;
-    while (!handler && net->handlers[type].running > 0)
+    while (net->handlers[type].running > 0)
         (void)petreli_wait_until(net, petrel_now_ns() + 100000000u);
     net->removing--;
     pthread_mutex_unlock(&net->mu);

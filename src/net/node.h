@@ -97,9 +97,9 @@ struct petrel_net {
     struct {
         petrel_msg_handler fn;
         void *ctx;
-        int running; /* calls in progress, so that removing a handler can wait for them */
+        _Atomic int running; /* calls in progress, so that replacing a handler can wait */
     } handlers[256];
-    int removing; /* threads in petrel_net_on waiting for a removed handler's calls */
+    _Atomic int removing; /* threads in petrel_net_on waiting for a replaced handler's calls */
     petrel_peer_failure_fn on_failure;
     void *on_failure_ctx;
 
