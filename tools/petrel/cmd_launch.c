@@ -31,8 +31,6 @@ static void launch_usage(FILE *f) {
                "example: petrel launch -w 4 -s 2 -- ./my_job --epochs 3\n");
 }
 
-/* Declared here and in main.c until cli.h lists it with cmd_train. */
-
 int cmd_launch(int argc, char **argv) {
     enum { OPT_INTERFACE = 256, OPT_NO_PREFIX, OPT_TIMEOUT, OPT_GRACE };
     static const struct option longopts[] = {{"workers", required_argument, 0, 'w'},
