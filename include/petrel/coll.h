@@ -13,9 +13,11 @@
  * pipelined: a chunk is forwarded while the next arrives) for large payloads, and
  * by recursive doubling for small ones (log2 P steps of whole-buffer exchanges,
  * with the usual fold-in for P not a power of two); the switch point is a
- * configuration value. Broadcast (pipelined chain from the root), allgather and
- * reduce-scatter (ring), barrier. Optionally float16 on the wire (values are
- * reduced in float32; only transfers are halved).
+ * configuration value. Members all on one host, in a job with the shared-memory
+ * transport, take a shared-memory allreduce for large payloads instead of the ring.
+ * Broadcast (pipelined chain from the root), allgather and reduce-scatter (ring),
+ * barrier. Optionally float16 on the wire (values are reduced in float32; only
+ * transfers are halved).
  *
  * Backends: the algorithms above are petrel's own (PETREL_BACKEND_PETREL, the
  * default). In a build with Open MPI (CMake PETREL_MPI, on when its headers are
@@ -55,11 +57,13 @@ typedef enum petrel_reduce_op {
 
 typedef enum petrel_coll_algo {
     PETREL_ALGO_AUTO = 0, /* by size: recursive doubling below ring_min_bytes; from there
-                             SHM when every member is on this host, else the ring */
+                             SHM when every member is on one host and the job has the
+                             shared-memory transport (PETREL_TRANSPORT_AUTO), else the ring */
     PETREL_ALGO_RING,
     PETREL_ALGO_RECURSIVE_DOUBLING,
-    PETREL_ALGO_SHM, /* members on one host: each reduces its block of the vector straight
-                        from the others' shared segments (PETREL_ERR_UNSUPPORTED otherwise) */
+    PETREL_ALGO_SHM, /* members on one host, shared-memory transport: each reduces its block
+                        of the vector straight from the others' shared segments
+                        (PETREL_ERR_UNSUPPORTED otherwise) */
     PETREL_ALGO_COUNT
 } petrel_coll_algo;
 
@@ -73,13 +77,14 @@ typedef enum petrel_coll_backend {
 typedef struct petrel_comm_config {
     int timeout_ms;              /* bound on every collective call */
     petrel_coll_algo algo;       /* allreduce algorithm */
-    size_t ring_min_bytes;       /* AUTO uses the ring from this payload size on */
+    size_t ring_min_bytes;       /* AUTO uses the ring (or SHM) from this payload size on */
     size_t chunk_bytes;          /* ring pipelining unit */
     bool fp16_wire;              /* send float16, reduce in float32 */
     petrel_coll_backend backend; /* MPI ignores timeout_ms, algo, ring_min_bytes, chunk_bytes */
 } petrel_comm_config;
 
-/* Timeout 30 s, AUTO with ring from 64 KiB, chunks of 256 KiB, float32 on the wire,
+/* Timeout 30 s, AUTO (recursive doubling below 64 KiB, then SHM on one host with the
+ * shared-memory transport, else the ring), chunks of 256 KiB, float32 on the wire,
  * petrel's own backend. */
 petrel_comm_config petrel_comm_config_default(void);
 

@@ -220,8 +220,8 @@ petrel_err petreli_petrel_allreduce(petrel_comm *c, float *data, size_t n, petre
                                                          : PETREL_ALGO_RING;
     if (algo == PETREL_ALGO_SHM && c->size > 1 && !local)
         return petrel_error_set(PETREL_ERR_UNSUPPORTED,
-                                "allreduce: PETREL_ALGO_SHM needs every member on this host "
-                                "(linked by shared memory)");
+                                "allreduce: PETREL_ALGO_SHM needs every member on this host, "
+                                "with the shared-memory transport (PETREL_TRANSPORT_AUTO)");
     static float none; /* n = 0 may come with NULL: no pointer arithmetic on it */
     if (!data) data = &none;
     petreli_coll_call call;

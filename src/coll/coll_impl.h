@@ -126,7 +126,8 @@ struct petrel_comm {
     uint16_t *half; /* float16 staging for one outgoing chunk */
     size_t half_cap;
 
-    int8_t one_host;             /* every link is shared memory: 1, not: -1, unknown: 0 */
+    int8_t one_host;             /* members can share memory (petreli_local_eligible): 1,
+                                    not: -1, unknown: 0; the same on every member */
     struct petreli_local *local; /* the shared segments of PETREL_ALGO_SHM (local.c) */
 
     _Atomic uint64_t calls, bytes_sent, bytes_received, payload_bytes_sent, wait_ns;
@@ -147,6 +148,10 @@ typedef struct petreli_coll_call {
 /* Records why the call failed (call->why), sets this thread's error, returns err. */
 petrel_err petreli_coll_fail(petreli_coll_call *call, petrel_err err, const char *fmt, ...)
     PETREL_PRINTF(3, 4);
+
+/* "rank 2", or "rank 2 (node 5)" when member m's net rank differs, in buf (48 bytes
+ * hold any); returns buf. */
+const char *petreli_coll_member_name(const petrel_comm *c, int m, char *buf, size_t size);
 
 /* A received message and its data. */
 typedef struct petreli_coll_in {
@@ -189,8 +194,11 @@ void petreli_coll_decode(float *out, const void *in, bool in_f16, size_t n);
 void petreli_coll_encode_f16(uint16_t *out, float *x, size_t n, bool write_back);
 /* x (n) = float16 rounding of x, in place. */
 void petreli_coll_round_f16(float *x, size_t n);
-/* x (n) = x / d. */
+/* x (n) = x / d (by a power of two: x * (1 / d), which is exact). */
 void petreli_coll_divide(float *x, size_t n, float d);
+/* x (n) = (x + in) / d, float32: an average's last addition and its division in one
+ * pass, with the same results as petreli_coll_reduce then petreli_coll_divide. */
+void petreli_coll_sum_divide(float *restrict x, const float *restrict in, size_t n, float d);
 
 /* Element k of len split into parts nearly equal parts: its start and length. */
 static inline size_t petreli_part_start(size_t len, size_t parts, size_t k) {
@@ -253,7 +261,9 @@ PETREL_NODISCARD petrel_err petreli_ring_run(petreli_coll_call *call, int next, 
 
 typedef struct petreli_local petreli_local;
 
-/* True when every other member is reached through shared memory (on this host). */
+/* True when the job table puts every member on one host, each with the shared-memory
+ * transport open (petreli_net_can_share_memory): the same answer on every member,
+ * whatever its links do. */
 bool petreli_local_eligible(petrel_comm *c);
 /* Allreduce of x (n) among members on one host; see local.c. */
 PETREL_NODISCARD petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n);

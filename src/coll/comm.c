@@ -234,8 +234,7 @@ static const char *op_name(int op) {
     return op >= 0 && op < PETREL_REDUCE_COUNT ? names[op] : "?";
 }
 
-/* "rank 2", or "rank 2 (node 5)" when the member's net rank differs. */
-static const char *member_name(const petrel_comm *c, int m, char *buf, size_t size) {
+const char *petreli_coll_member_name(const petrel_comm *c, int m, char *buf, size_t size) {
     if (m < 0 || m >= c->size || c->ranks[m] == m)
         snprintf(buf, size, "rank %d", m);
     else
@@ -400,7 +399,7 @@ petrel_err petreli_coll_send_raw(petreli_coll_call *call, int dst, const void *d
     snprintf(net_why, sizeof net_why, "%s", petrel_errmsg());
     if (err == PETREL_ERR_TIMEOUT)
         return petreli_coll_fail(call, err, "send to %s: %s",
-                                 member_name(call->c, dst, who, sizeof who), net_why);
+                                 petreli_coll_member_name(call->c, dst, who, sizeof who), net_why);
     return better_story(call, petreli_coll_fail(call, err, "%s", net_why));
 }
 
@@ -427,7 +426,7 @@ static petrel_err mismatch(petreli_coll_call *call, int from, const petreli_coll
         h->kind == w->kind && h->op == w->op && h->count == w->count && h->root == w->root;
     char theirs[160], mine[160], who[48];
     return petreli_coll_fail(call, PETREL_ERR_STATE, "%s called %s, this rank (%d) called %s",
-                             member_name(call->c, from, who, sizeof who),
+                             petreli_coll_member_name(call->c, from, who, sizeof who),
                              describe(h, detail, theirs, sizeof theirs), call->c->rank,
                              describe(w, detail, mine, sizeof mine));
 }
@@ -447,7 +446,8 @@ static petrel_err aborted(petreli_coll_call *call, petrel_msg *m, int from,
     if (h->seq != call->want.seq)
         snprintf(when, sizeof when, " in call #%u, the one before", h->seq);
     err = petreli_coll_fail(call, err, "%s reported%s: %.*s",
-                            member_name(call->c, from, who, sizeof who), when, (int)len, text);
+                            petreli_coll_member_name(call->c, from, who, sizeof who), when,
+                            (int)len, text);
     petrel_msg_release(m);
     return err;
 }
@@ -465,7 +465,7 @@ static petrel_err admit(petreli_coll_call *call, petrel_msg *m, int from, petrel
         petrel_msg_release(m);
         return petreli_coll_fail(call, PETREL_ERR_FORMAT,
                                  "%s sent a malformed collective message (%zu bytes)",
-                                 member_name(c, from, who, sizeof who), len);
+                                 petreli_coll_member_name(c, from, who, sizeof who), len);
     }
     if (h->seq != call->want.seq) { /* 65536 calls old */
         petrel_msg_release(m);
@@ -502,7 +502,7 @@ static petrel_err timed_out(petreli_coll_call *call, int src) {
     if (!c->heard[src])
         return petreli_coll_fail(call, PETREL_ERR_TIMEOUT,
                                  "no message from %s within %d ms (did it call %s?)",
-                                 member_name(c, src, a, sizeof a), ms, kind);
+                                 petreli_coll_member_name(c, src, a, sizeof a), ms, kind);
     /* src waits for v, which waits for ... (their NOTICEs): the chain ends at a
      * member that said nothing */
     char chain[256];
@@ -513,15 +513,15 @@ static petrel_err timed_out(petreli_coll_call *call, int src) {
         if (at < sizeof chain)
             at += (size_t)snprintf(chain + at, sizeof chain - at, "%s%s",
                                    hops ? ", which is waiting for " : "",
-                                   member_name(c, v, b, sizeof b));
+                                   petreli_coll_member_name(c, v, b, sizeof b));
     }
     if (v != src && v != c->rank && !c->heard[v])
         return petreli_coll_fail(
             call, PETREL_ERR_TIMEOUT,
             "%s is waiting for %s, from which nothing came within %d ms (did it call %s?)",
-            member_name(c, src, a, sizeof a), chain, ms, kind);
+            petreli_coll_member_name(c, src, a, sizeof a), chain, ms, kind);
     return petreli_coll_fail(call, PETREL_ERR_TIMEOUT, "%s sent nothing more within %d ms",
-                             member_name(c, src, a, sizeof a), ms);
+                             petreli_coll_member_name(c, src, a, sizeof a), ms);
 }
 
 /* The member awaited, dead or gone: takes what it sent before, else fails naming
@@ -590,15 +590,15 @@ static petrel_err take(petreli_coll_call *call, int src, size_t n, petrel_msg *m
     size_t bytes = m->len - PETRELI_COLL_HEADER;
     if (h->step != c->recvd[src]) {
         petrel_msg_release(m);
-        return petreli_coll_fail(call, PETREL_ERR_STATE,
-                                 "%s sent message %u of the call, expected %u",
-                                 member_name(c, src, who, sizeof who), h->step, c->recvd[src]);
+        return petreli_coll_fail(
+            call, PETREL_ERR_STATE, "%s sent message %u of the call, expected %u",
+            petreli_coll_member_name(c, src, who, sizeof who), h->step, c->recvd[src]);
     }
     if (bytes != n * call->wbytes) {
         petrel_msg_release(m);
         return petreli_coll_fail(
             call, PETREL_ERR_FORMAT, "%s sent %zu bytes in message %u, expected %zu",
-            member_name(c, src, who, sizeof who), bytes, h->step, n * call->wbytes);
+            petreli_coll_member_name(c, src, who, sizeof who), bytes, h->step, n * call->wbytes);
     }
     c->recvd[src]++;
     atomic_fetch_add(&c->bytes_received, m->len);

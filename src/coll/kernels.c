@@ -212,12 +212,27 @@ void petreli_coll_reduce(float *out, const float *base, const void *in, bool in_
     }
 }
 
-void petreli_coll_divide(float *x, size_t n, float d) {
+/* The one place that decides how to divide by d: by a power of two, x * (1 / d) is
+ * exactly x / d, and faster; then this is 1 / d, else 0 (divide). */
+static float exact_reciprocal(float d) {
     int e;
-    if (frexpf(d, &e) == 0.5f) { /* a power of two: x * (1 / d) is exactly x / d, and faster */
-        float s = 1.0f / d;
+    return frexpf(d, &e) == 0.5f ? 1.0f / d : 0.0f;
+}
+
+void petreli_coll_divide(float *x, size_t n, float d) {
+    float s = exact_reciprocal(d);
+    if (s != 0.0f) {
         for (size_t i = 0; i < n; i++) x[i] *= s;
         return;
     }
     for (size_t i = 0; i < n; i++) x[i] /= d;
+}
+
+void petreli_coll_sum_divide(float *restrict x, const float *restrict in, size_t n, float d) {
+    float s = exact_reciprocal(d);
+    if (s != 0.0f) {
+        for (size_t i = 0; i < n; i++) x[i] = (x[i] + in[i]) * s;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) x[i] = (x[i] + in[i]) / d;
 }

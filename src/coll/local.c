@@ -2,7 +2,9 @@
  * Allreduce among members on one host, through shared memory: every member maps a
  * segment of each other member, and each block of the vector is reduced where it
  * lies, read straight out of the others' segments. Used by PETREL_ALGO_SHM, which
- * AUTO picks from ring_min_bytes on when every link of the communicator is "shm".
+ * AUTO picks from ring_min_bytes on when the job table puts every member on one host
+ * with the shared-memory transport open (petreli_local_eligible): facts every member
+ * holds alike, so that all of them pick it or none does.
  *
  * Why: the ring moves each block through the transport: the sender copies it into
  * a shared-memory ring, the receiver's transport thread copies it out into a message
@@ -39,17 +41,22 @@
  * Results are the same on every member: each block is reduced on one member and
  * copied. Nothing here goes over a wire, so float16 (fp16_wire) changes nothing.
  *
- * Segments: "/petrel-coll-<pid>-<comm_id>-<n>", mode 0600 (processes of the same user
- * can open it, the shared-memory transport's access rule), allocated in full
- * (posix_fallocate, so that a full /dev/shm is an error here and not a SIGBUS later).
- * A member makes a larger one, under a new name, when a call needs larger regions,
- * and unlinks its name once every other member has mapped it (marked step 4); the
- * memory lives until the last mapping goes. A process killed in between leaves its
- * name in /dev/shm.
+ * Segments: "/petrel-coll-<pid>-r<net rank>-c<comm_id>-<n>", n counting the segments
+ * made in this process (from 1), so that no two of its segments share a name, not
+ * even those of members that are threads of one process (the net allows that) or of
+ * two jobs in one process; mode 0600 (processes of the same user can open it, the
+ * shared-memory transport's access rule), allocated in full (posix_fallocate, so that
+ * a full /dev/shm is an error here and not a SIGBUS later). A member makes a larger
+ * one, under a new name, when a call needs larger regions, and unlinks its name once
+ * every other member has mapped it (marked step 4); the memory lives until the last
+ * mapping goes. A process killed in between leaves its name in /dev/shm; should a
+ * later process get its pid and come to that name, it unlinks it and creates its own
+ * (pids are unique among live processes, so the name belongs to a dead one).
  */
 #include "coll_impl.h"
 
 #include "core/core_impl.h"
+#include "net/net_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -62,7 +69,7 @@
 
 #define BLOCK_MAX_BYTES (2u << 20)  /* a member's block of one piece, at most */
 #define SUB_ELEMS       (16u << 10) /* step 3 reduces 64 KiB at a time, in cache */
-#define NAME_BYTES      56
+#define NAME_BYTES      56 /* the longest name takes 54 with its NUL (pid, rank, n of 10 digits) */
 #define SYNC_BYTES      64 /* SYNC1: region size (u64) and the segment's name */
 #define NAME_PREFIX     "/petrel-coll-"
 #define SPIN_NS         50000ull   /* a wait for marks polls this long before it sleeps */
@@ -70,8 +77,7 @@
 
 typedef struct segment {
     char name[NAME_BYTES];
-    float *base;
-    size_t bytes;
+    float *base;        /* seg_bytes(block_cap, P) mapped */
     uint64_t block_cap; /* elements of one region */
     bool linked;        /* own segment: its name is still in /dev/shm */
 } segment;
@@ -92,30 +98,35 @@ static size_t seg_bytes(uint64_t block_cap, int P) {
 struct petreli_local {
     segment own;
     segment *peer; /* by member; own slot unused */
-    uint32_t made; /* segments made so far, for names */
 };
 
+/* Segments made in this process, for their names. */
+static _Atomic uint32_t segments_made;
+
+/* Every member decides from the job table, which is the same on every node, and not
+ * from its links: a shared-memory connection that failed falls back to TCP for one
+ * pair, which would make members pick different algorithms. Member 0's host is
+ * compared with each other's, so that the answer is the same on every member. */
 bool petreli_local_eligible(petrel_comm *c) {
     if (c->one_host == 0) {
         c->one_host = 1;
-        for (int m = 0; m < c->size; m++)
-            if (m != c->rank && strcmp(petrel_net_link(c->net, c->ranks[m]), "shm") != 0)
-                c->one_host = -1;
+        for (int m = 1; m < c->size; m++)
+            if (!petreli_net_can_share_memory(c->net, c->ranks[0], c->ranks[m])) c->one_host = -1;
     }
     return c->one_host > 0;
 }
 
-static void drop(segment *s) {
+static void drop(segment *s, int P) {
     if (s->linked) shm_unlink(s->name);
-    if (s->base) munmap(s->base, s->bytes);
+    if (s->base) munmap(s->base, seg_bytes(s->block_cap, P));
     memset(s, 0, sizeof *s);
 }
 
 void petreli_local_free(petrel_comm *c) {
     petreli_local *L = c->local;
     if (!L) return;
-    drop(&L->own);
-    for (int m = 0; m < c->size; m++) drop(&L->peer[m]);
+    drop(&L->own, c->size);
+    for (int m = 0; m < c->size; m++) drop(&L->peer[m], c->size);
     petrel_free(L->peer);
     petrel_free(L);
     c->local = NULL;
@@ -135,16 +146,21 @@ static petrel_err own_segment(petreli_coll_call *call, size_t block) {
     }
     petreli_local *L = c->local;
     if (L->own.base && L->own.block_cap >= block) return PETREL_OK;
-    segment s = {.block_cap = (block + 16) & ~(size_t)15}; /* regions on 64-byte lines */
-    s.bytes = seg_bytes(s.block_cap, c->size);
-    snprintf(s.name, sizeof s.name, NAME_PREFIX "%ld-%u-%u", (long)getpid(), c->comm_id, ++L->made);
+    segment s = {.block_cap = (block + 15) & ~(size_t)15}; /* regions on 64-byte lines */
+    size_t bytes = seg_bytes(s.block_cap, c->size);
+    snprintf(s.name, sizeof s.name, NAME_PREFIX "%ld-r%d-c%u-%u", (long)getpid(), c->ranks[c->rank],
+             c->comm_id, atomic_fetch_add(&segments_made, 1) + 1);
     int fd = shm_open(s.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) { /* left by a dead process with this pid: see the top */
+        shm_unlink(s.name);
+        fd = shm_open(s.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    }
     if (fd < 0)
         return petreli_coll_fail(call, PETREL_ERR_IO, "cannot create shared segment %s: %s", s.name,
                                  strerror(errno));
-    int e = posix_fallocate(fd, 0, (off_t)s.bytes);
+    int e = posix_fallocate(fd, 0, (off_t)bytes);
     if (e == 0) {
-        s.base = mmap(NULL, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        s.base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (s.base == MAP_FAILED) {
             e = errno;
             s.base = NULL;
@@ -154,11 +170,11 @@ static petrel_err own_segment(petreli_coll_call *call, size_t block) {
     if (e != 0) {
         shm_unlink(s.name);
         return petreli_coll_fail(call, PETREL_ERR_IO,
-                                 "cannot make shared segment %s of %zu bytes: %s", s.name, s.bytes,
+                                 "cannot make shared segment %s of %zu bytes: %s", s.name, bytes,
                                  strerror(e));
     }
     s.linked = true;
-    drop(&L->own); /* the others keep their mapping of it as long as they need it */
+    drop(&L->own, c->size); /* the others keep their mapping of it as long as they need it */
     L->own = s;
     return PETREL_OK;
 }
@@ -173,8 +189,8 @@ static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned ch
     memcpy(&cap, sync, sizeof cap);
     char name[NAME_BYTES];
     memcpy(name, sync + 8, NAME_BYTES);
-    char who[32];
-    snprintf(who, sizeof who, "rank %d", q);
+    char who[48];
+    petreli_coll_member_name(c, q, who, sizeof who);
     if (name[NAME_BYTES - 1] != 0 || strncmp(name, NAME_PREFIX, strlen(NAME_PREFIX)) != 0 ||
         cap < block || cap > ((uint64_t)1 << 40))
         return petreli_coll_fail(call, PETREL_ERR_FORMAT,
@@ -182,7 +198,7 @@ static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned ch
                                  "needed)",
                                  who, (unsigned long long)cap, block);
     if (s->base && strcmp(s->name, name) == 0) return PETREL_OK;
-    drop(s);
+    drop(s, c->size);
     int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
     struct stat st;
     size_t bytes = seg_bytes(cap, c->size);
@@ -199,7 +215,6 @@ static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned ch
         return petreli_coll_fail(call, PETREL_ERR_IO, "cannot map the shared segment %s of %s: %s",
                                  name, who, e == EPROTO ? "smaller than it said" : strerror(e));
     snprintf(s->name, sizeof s->name, "%s", name);
-    s->bytes = bytes;
     s->block_cap = cap;
     return PETREL_OK;
 }
@@ -290,10 +305,11 @@ static petrel_err phase_done(petreli_coll_call *call, size_t j) {
                     petrel_err err = petreli_coll_recv(call, q, SYNC_BYTES / call->wbytes, &in);
                     if (err != PETREL_OK) return err;
                     petreli_coll_release(&in);
+                    char who[48];
                     return petreli_coll_fail(call, PETREL_ERR_STATE,
-                                             "rank %d sent a message where it should have marked "
+                                             "%s sent a message where it should have marked "
                                              "its progress",
-                                             q);
+                                             petreli_coll_member_name(c, q, who, sizeof who));
                 }
             }
             if (now - start < SPIN_NS) {
@@ -310,19 +326,9 @@ static petrel_err phase_done(petreli_coll_call *call, size_t j) {
     return PETREL_OK;
 }
 
-/* x (k) = (x + in) / P, the last addition of an average with its division, in one
- * pass; by a power of two it multiplies (see petreli_coll_divide). */
-static void sum_average(float *restrict x, const float *restrict in, size_t k, int P) {
-    if ((P & (P - 1)) == 0) {
-        float s = 1.0f / (float)P;
-        for (size_t i = 0; i < k; i++) x[i] = (x[i] + in[i]) * s;
-    } else {
-        for (size_t i = 0; i < k; i++) x[i] = (x[i] + in[i]) / (float)P;
-    }
-}
-
 /* Step 3: block r (len elements at x) reduced with region r of every other member,
- * in sub-blocks that stay in cache; the result also goes to region r of this
+ * in sub-blocks that stay in cache, an average's last addition fused with its
+ * division (petreli_coll_sum_divide); the result also goes to region r of this
  * member's segment. (A pass that also wrote the segment was measured twice as slow
  * as a separate memcpy on the project's VM.) */
 static void reduce_block(petreli_coll_call *call, float *x, size_t len) {
@@ -334,10 +340,10 @@ static void reduce_block(petreli_coll_call *call, float *x, size_t len) {
     for (size_t at = 0; at < len; at += SUB_ELEMS) {
         size_t k = len - at < SUB_ELEMS ? len - at : SUB_ELEMS;
         for (int q = 0; q < c->size; q++) {
+            if (q == c->rank) continue; /* its slot maps nothing */
             const float *in = region(&L->peer[q], c->rank) + at;
-            if (q == c->rank) continue;
             if (q == last && op == PETREL_REDUCE_AVG)
-                sum_average(x + at, in, k, c->size);
+                petreli_coll_sum_divide(x + at, in, k, (float)c->size);
             else
                 petreli_coll_reduce(x + at, x + at, in, false, k, op, q < c->rank);
         }

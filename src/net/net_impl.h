@@ -180,6 +180,13 @@ PETREL_NODISCARD petrel_err petreli_random_bytes(void *out, size_t n);
  * talk over loopback: the boot id and the network namespace. */
 void petreli_host_identity(char *out, size_t size);
 
+/* True when the job table says that ranks a and b are on one host (the same
+ * petreli_host_identity) and both opened the shared-memory transport (they run with
+ * PETREL_TRANSPORT_AUTO and it worked): facts that every node of the job holds alike,
+ * unlike the kind of a link (petrel_net_link), which a failed connection can change
+ * for one pair. For the collectives (node.c). */
+bool petreli_net_can_share_memory(petrel_net *net, int a, int b);
+
 /* ---- TCP internals for tests (tcp_handshake.c) ------------------------------- */
 
 /* How long an accepted connection may take to complete its handshake before it is

@@ -645,6 +645,15 @@ const char *petrel_net_link(const petrel_net *net, int peer) {
     return name;
 }
 
+bool petreli_net_can_share_memory(petrel_net *net, int a, int b) {
+    if (a < 0 || a >= net->size || b < 0 || b >= net->size) return false;
+    pthread_mutex_lock(&net->mu); /* written under mu while the job forms */
+    const node_entry *x = &net->table[a], *y = &net->table[b];
+    bool yes = x->shm[0] && y->shm[0] && x->host[0] && strcmp(x->host, y->host) == 0;
+    pthread_mutex_unlock(&net->mu);
+    return yes;
+}
+
 void petrel_net_on_failure(petrel_net *net, petrel_peer_failure_fn fn, void *ctx) {
     pthread_mutex_lock(&net->mu);
     net->on_failure = fn;

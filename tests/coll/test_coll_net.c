@@ -2,7 +2,8 @@
  * shared memory (PETREL_TRANSPORT_AUTO on one host). Each node checks every result
  * exactly: the inputs are small integers, so that every sum is exact in float32 and
  * in float16. Then a node is killed with SIGKILL in the middle of a stream of large
- * allreduces, and the others must fail at once with an error that names it. The
+ * allreduces, and the others must fail at once with an error that names it. Last,
+ * jobs whose nodes are threads of this process (one pid) over shared memory. The
  * parent plays the launcher: it makes the coordinator's listening socket. */
 #include "check.h"
 #include "netjob.h"
@@ -11,7 +12,10 @@
 #include <stdatomic.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -79,7 +83,7 @@ static bool collectives(petrel_net *net, const scenario *s) {
     bool ok = x && y;
     petrel_comm_config cfg = petrel_comm_config_default();
     cfg.timeout_ms = 10000;
-    petrel_comm *c = NULL, *ring = NULL, *rd = NULL, *half = NULL, *shm = NULL;
+    petrel_comm *c = NULL, *ring = NULL, *rd = NULL, *half = NULL, *shm = NULL, *half_ring = NULL;
     ok = ok && petrel_comm_new(&c, net, ranks, P, 1, cfg) == PETREL_OK;
     cfg.algo = PETREL_ALGO_RING;
     ok = ok && petrel_comm_new(&ring, net, ranks, P, 2, cfg) == PETREL_OK;
@@ -88,6 +92,8 @@ static bool collectives(petrel_net *net, const scenario *s) {
     cfg.algo = PETREL_ALGO_AUTO;
     cfg.fp16_wire = true;
     ok = ok && petrel_comm_new(&half, net, ranks, P, 4, cfg) == PETREL_OK;
+    cfg.algo = PETREL_ALGO_RING; /* AUTO would take shared memory, where float16 does nothing */
+    ok = ok && petrel_comm_new(&half_ring, net, ranks, P, 6, cfg) == PETREL_OK;
     cfg.fp16_wire = false;
     cfg.algo = PETREL_ALGO_SHM;
     ok = ok && petrel_comm_new(&shm, net, ranks, P, 5, cfg) == PETREL_OK;
@@ -124,9 +130,10 @@ static bool collectives(petrel_net *net, const scenario *s) {
             ok = report(r, "mismatched allreduce shm", m, petrel_errmsg());
         ok = ok && check_allreduce(shm, x, 100003, PETREL_REDUCE_SUM, 13); /* usable again */
     }
-    ok = ok && check_allreduce(c, x, big, PETREL_REDUCE_SUM, 5);      /* the ring */
-    ok = ok && check_allreduce(half, x, big, PETREL_REDUCE_SUM, 6);   /* in float16 */
-    ok = ok && check_allreduce(rd, x, big / 4, PETREL_REDUCE_MAX, 7); /* 4 MiB */
+    /* ring and half_ring: AUTO would take shared memory in the shm scenarios */
+    ok = ok && check_allreduce(ring, x, big, PETREL_REDUCE_SUM, 5);      /* the ring */
+    ok = ok && check_allreduce(half_ring, x, big, PETREL_REDUCE_SUM, 6); /* in float16 */
+    ok = ok && check_allreduce(rd, x, big / 4, PETREL_REDUCE_MAX, 7);    /* 4 MiB */
     /* broadcast from the last member */
     size_t n = 100003;
     if (ok) {
@@ -157,6 +164,7 @@ static bool collectives(petrel_net *net, const scenario *s) {
             if (p != r && strcmp(petrel_net_link(net, p), "shm") != 0)
                 ok = report(r, "link", 0, "not shared memory");
     petrel_comm_free(shm);
+    petrel_comm_free(half_ring);
     petrel_comm_free(half);
     petrel_comm_free(rd);
     petrel_comm_free(ring);
@@ -271,6 +279,105 @@ static void test_sigkill_mid_allreduce(void) {
     run(&s);
 }
 
+/* ---- nodes as threads of one process ----------------------------------------------- */
+
+/* A job whose nodes are threads of this process over PETREL_TRANSPORT_AUTO: the
+ * shared-memory transport links them (through its registry of this process's
+ * inboxes), so AUTO takes the shared-memory allreduce, and every member has the same
+ * pid: the segments' names must still differ. A leftover of a dead process that had
+ * this pid sits under the names the first segments take, and must be replaced. */
+typedef struct thread_node {
+    int rank, size;
+    bool ok;
+} thread_node;
+
+static void *thread_node_main(void *arg) {
+    thread_node *t = arg;
+    petrel_net *net = netjob_join(&job, t->rank, t->size, 0, PETREL_TRANSPORT_AUTO, "coll-token");
+    if (!net) return NULL;
+    int ranks[8];
+    for (int i = 0; i < t->size; i++) ranks[i] = i;
+    petrel_comm_config cfg = petrel_comm_config_default();
+    cfg.timeout_ms = 10000;
+    petrel_comm *c = NULL, *shm = NULL;
+    size_t n = (size_t)1 << 20; /* 4 MiB */
+    float *x = malloc(n * sizeof *x);
+    bool ok = x && petrel_comm_new(&c, net, ranks, t->size, 1, cfg) == PETREL_OK;
+    cfg.algo = PETREL_ALGO_SHM;
+    ok = ok && petrel_comm_new(&shm, net, ranks, t->size, 2, cfg) == PETREL_OK;
+    for (int p = 0; ok && p < t->size; p++)
+        if (p != t->rank && strcmp(petrel_net_link(net, p), "shm") != 0)
+            ok = report(t->rank, "link", 0, "not shared memory");
+    ok = ok && check_allreduce(c, x, n, PETREL_REDUCE_SUM, 14);
+    /* AUTO took shared memory: the data written once, and a 64-byte SYNC1 to each other
+     * member (the ring would send 2 (P-1) / P of the data, in chunks) */
+    if (ok && petrel_comm_get_stats(c).payload_bytes_sent !=
+                  n * sizeof(float) + 64 * (size_t)(t->size - 1))
+        ok = report(t->rank, "allreduce auto", n, "not by shared memory");
+    ok = ok && check_allreduce(shm, x, n, PETREL_REDUCE_AVG, 15);
+    ok = ok && check_allreduce(c, x, n, PETREL_REDUCE_MAX, 16); /* the same segments */
+    petrel_comm_free(shm);
+    petrel_comm_free(c);
+    free(x);
+    if (petrel_net_barrier(net, 10000) != PETREL_OK) ok = false;
+    petrel_net_stop(net);
+    t->ok = ok;
+    return NULL;
+}
+
+/* Names under /dev/shm that start with prefix. */
+static int count_shm_names(const char *prefix) {
+    DIR *d = opendir("/dev/shm");
+    if (!d) return 0;
+    int count = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) count++;
+    closedir(d);
+    return count;
+}
+
+static void test_threads_auto(void) {
+    char prefix[64], name[96];
+    snprintf(prefix, sizeof prefix, "petrel-coll-%d-", (int)getpid());
+    for (int P = 2; P <= 3; P++) {
+        CHECK(count_shm_names(prefix) == 0);
+        /* In the first job: stale names, as a dead process with this pid would have
+         * left them. Member r's first segment of communicator 1 takes one of them: the
+         * last number counts the segments this process has made, none before (the
+         * other scenarios make theirs in child processes). */
+        bool stale = P == 2;
+        for (int r = 0; stale && r < P; r++)
+            for (int k = 1; k <= P; k++) {
+                snprintf(name, sizeof name, "/%sr%d-c1-%d", prefix, r, k);
+                int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+                CHECK(fd >= 0 && ftruncate(fd, 4096) == 0);
+                if (fd >= 0) close(fd);
+            }
+        netjob_begin(&job, "threads");
+        pthread_t th[8];
+        thread_node nodes[8];
+        for (int r = 0; r < P; r++) {
+            nodes[r] = (thread_node){r, P, false};
+            CHECK(pthread_create(&th[r], NULL, thread_node_main, &nodes[r]) == 0);
+        }
+        for (int r = 0; r < P; r++) {
+            pthread_join(th[r], NULL);
+            if (!nodes[r].ok) printf("# threads: rank %d of %d failed\n", r, P);
+            CHECK(nodes[r].ok);
+        }
+        /* Each member replaced one stale name, and unlinked it once the others had
+         * mapped its segment; the test removes the rest. */
+        int replaced = 0;
+        for (int r = 0; stale && r < P; r++)
+            for (int k = 1; k <= P; k++) {
+                snprintf(name, sizeof name, "/%sr%d-c1-%d", prefix, r, k);
+                if (shm_unlink(name) != 0) replaced++;
+            }
+        CHECK(replaced == (stale ? P : 0));
+        CHECK(count_shm_names(prefix) == 0);
+    }
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -278,5 +385,6 @@ int main(void) {
     RUN(test_tcp);
     RUN(test_shm);
     RUN(test_sigkill_mid_allreduce);
+    RUN(test_threads_auto);
     return CHECK_DONE();
 }
