@@ -3,9 +3,10 @@
  * thread and process clocks, consistent reads, and managed communication.
  *
  * Locks: ps->flush_mu is taken before ps->mu and held by whoever sends deltas
- * (a clock that advances the process clock, flush, finish, the communication
- * thread), so that deltas and CLOCK messages leave in clock order. Nothing is
- * sent while ps->mu is held: the receive thread needs it to take in rows.
+ * (a clock that advances the process clock, flush, finish and wait_final through
+ * end_training, the communication thread), so that deltas and CLOCK messages leave
+ * in clock order. Nothing is sent while ps->mu is held: the receive thread needs it
+ * to take in rows.
  */
 #include "ps_impl.h"
 
@@ -50,6 +51,32 @@ static petrel_err servers_alive(petrel_ps *ps) {
             return petrel_error_set(PETREL_ERR_IO, "ps: server %d (rank %d) is dead", s,
                                     petreli_ps_server_rank(ps, s));
     return PETREL_OK;
+}
+
+/* Waits until the server clock (the least ADVANCE heard) reaches target, adding the
+ * time to stats.wait_clock_s. The timeout counts from the call, or with `patient`
+ * from the last time the server clock moved. A dead server is PETREL_ERR_IO;
+ * PETREL_ERR_TIMEOUT comes without a message, for the caller to say what it waited
+ * for. Call with ps->mu held. */
+static petrel_err wait_server_clock(petrel_ps *ps, int64_t target, bool patient) {
+    if (ps->known_min >= target) return PETREL_OK;
+    const uint64_t timeout_ns = (uint64_t)ps->cfg.timeout_ms * 1000000u;
+    uint64_t t0 = petrel_now_ns(), deadline = t0 + timeout_ns;
+    int64_t seen = ps->known_min;
+    petrel_err err = PETREL_OK;
+    while (ps->known_min < target) {
+        if (patient && ps->known_min != seen) {
+            seen = ps->known_min;
+            deadline = petrel_now_ns() + timeout_ns;
+        }
+        if ((err = servers_alive(ps)) != PETREL_OK) break;
+        if (!petreli_ps_wait(ps, deadline)) {
+            err = PETREL_ERR_TIMEOUT;
+            break;
+        }
+    }
+    ps->stats.wait_clock_s += (double)(petrel_now_ns() - t0) * 1e-9;
+    return err;
 }
 
 /* ---- keys grouped by server ---------------------------------------------------------- */
@@ -201,13 +228,19 @@ static petrel_err batches_append(ps_batches *b, int64_t cols, const uint64_t *ke
     return PETREL_OK;
 }
 
-/* Moves a table's batches into its per-key log; call with ps->mu held. */
+/* Moves a table's batches into its per-key log, all or nothing: room for a row per
+ * batched key is made first, so that the apply cannot stop halfway (the batches
+ * would then stay, and the deltas already applied would be sent twice). Call with
+ * ps->mu held. */
 static petrel_err merge_batches(ps_table *t) {
     if (t->batched.n == 0) return PETREL_OK;
-    petrel_err err =
+    petrel_err err = petreli_ps_store_reserve(t->oplog, t->batched.n);
+    if (err != PETREL_OK) return err;
+    err =
         petreli_ps_store_apply(t->oplog, t->batched.keys, t->batched.n, t->batched.values, 0, NULL);
-    if (err == PETREL_OK) t->batched.n = 0;
-    return err;
+    PETREL_ASSERT(err == PETREL_OK, "a summing sparse log with room reserved takes every key");
+    t->batched.n = 0;
+    return PETREL_OK;
 }
 
 /* ---- reads ------------------------------------------------------------------------- */
@@ -399,72 +432,80 @@ static petrel_err take_batches(petrel_ps *ps, ps_table *t, outbox *o) {
     return PETREL_OK;
 }
 
-/* Moves the operation log of every table into outboxes (one per table), keeping
- * back what the significance filter holds unless `all`. The log and its spare swap
- * roles, so a clock allocates nothing once they have grown; the spare keeps the
- * sent log until the next call, so that an outbox can point into it: a log bound
- * for one server, with nothing to filter or left over from early sends, goes out
- * from its own arrays without a copy. Call with ps->mu held, and ps->flush_mu
- * until the outboxes are sent. */
-static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
-    petrel_err err = PETREL_OK;
+/* Moves a table's operation log into o, keeping back what the significance filter
+ * holds unless `all`. The log and its spare swap roles, so a clock allocates
+ * nothing once they have grown; the spare keeps the sent log until the next call,
+ * so that an outbox can point into it: a log bound for one server, with nothing to
+ * filter or left over from early sends, goes out from its own arrays without a
+ * copy. On failure the log and the batches stay as they were, and o must not be
+ * sent. Call with ps->mu held, and ps->flush_mu until o is sent. */
+static petrel_err take_oplog(petrel_ps *ps, ps_table *t, outbox *o, bool all) {
     bool early = ps->cfg.bandwidth_bytes_per_s > 0; /* rows sent early are zero */
-    for (int ti = 0; ti < ps->ntables && err == PETREL_OK; ti++) {
-        ps_table *t = &ps->tables[ti];
-        petreli_ps_store_clear(t->spare); /* the log sent last time */
-        if (t->batched.n && petreli_ps_store_count(t->oplog)) err = merge_batches(t);
-        if (err == PETREL_OK && t->batched.n) {
-            err = take_batches(ps, t, &boxes[ti]);
-            continue;
-        }
-        int64_t cols = t->spec.cols, count = petreli_ps_store_count(t->oplog);
-        bool filter = !all && t->spec.significance > 0;
-        int sole = early || filter ? -1 : sole_server(t, ps->servers);
-        err = outbox_init(&boxes[ti], ps->servers, cols, true,
-                          sole >= 0 ? 1 : count / ps->servers + 1);
-        if (err == PETREL_OK && sole >= 0) {
-            outbox *o = &boxes[ti];
-            o->borrowed = true;
-            o->n[sole] = count;
-            o->keys[sole] = (uint64_t *)petreli_ps_store_keys(t->oplog);
-            o->values[sole] = petreli_ps_store_row(t->oplog, 0);
-            petreli_ps_store *sent = t->oplog;
-            t->oplog = t->spare;
-            t->spare = sent;
-            continue;
-        }
-        for (int64_t slot = 0; slot < count && err == PETREL_OK; slot++) {
-            uint64_t key = petreli_ps_store_key(t->oplog, slot);
-            const float *d = petreli_ps_store_row(t->oplog, slot);
-            float size = early || filter ? max_abs(d, cols) : 1;
-            if (size == 0) continue; /* sent early by the communication thread */
-            oplog_meta *om = petreli_ps_store_aux(t->oplog, slot);
-            if (filter && om->held < t->spec.max_hold) {
-                int64_t c = petreli_ps_store_slot(t->cache, key, false);
-                float scale = c >= 0 ? max_abs(petreli_ps_store_row(t->cache, c), cols) : 0;
-                if (size < t->spec.significance * fmaxf(scale, 1e-3f)) {
-                    err = petreli_ps_store_apply(t->spare, &key, 1, d, 0, NULL);
-                    int64_t k = petreli_ps_store_slot(t->spare, key, false);
-                    if (k >= 0)
-                        ((oplog_meta *)petreli_ps_store_aux(t->spare, k))->held = om->held + 1;
-                    ps->stats.rows_held++;
-                    continue;
-                }
-            }
-            err = outbox_add(&boxes[ti], petreli_ps_partition(&t->spec, key, ps->servers), key, d);
-        }
-        if (err != PETREL_OK) {
-            petreli_ps_store_clear(t->spare); /* the log stays as it was */
-            break;
-        }
-        petreli_ps_store *sent = t->oplog;
-        t->oplog = t->spare;
-        t->spare = sent;
+    petreli_ps_store_clear(t->spare);               /* the log sent last time */
+    if (t->batched.n && petreli_ps_store_count(t->oplog)) {
+        petrel_err err = merge_batches(t);
+        if (err != PETREL_OK) return err;
     }
-    return err;
+    if (t->batched.n) return take_batches(ps, t, o);
+    int64_t cols = t->spec.cols, count = petreli_ps_store_count(t->oplog);
+    bool filter = !all && t->spec.significance > 0;
+    int sole = early || filter ? -1 : sole_server(t, ps->servers);
+    petrel_err err =
+        outbox_init(o, ps->servers, cols, true, sole >= 0 ? 1 : count / ps->servers + 1);
+    if (err == PETREL_OK && sole >= 0) {
+        o->borrowed = true;
+        o->n[sole] = count;
+        o->keys[sole] = (uint64_t *)petreli_ps_store_keys(t->oplog);
+        o->values[sole] = petreli_ps_store_row(t->oplog, 0);
+    }
+    for (int64_t slot = 0; slot < count && err == PETREL_OK && sole < 0; slot++) {
+        uint64_t key = petreli_ps_store_key(t->oplog, slot);
+        const float *d = petreli_ps_store_row(t->oplog, slot);
+        float size = early || filter ? max_abs(d, cols) : 1;
+        if (size == 0) continue; /* sent early by the communication thread */
+        oplog_meta *om = petreli_ps_store_aux(t->oplog, slot);
+        if (filter && om->held < t->spec.max_hold) {
+            int64_t c = petreli_ps_store_slot(t->cache, key, false);
+            float scale = c >= 0 ? max_abs(petreli_ps_store_row(t->cache, c), cols) : 0;
+            if (size < t->spec.significance * fmaxf(scale, 1e-3f)) {
+                err = petreli_ps_store_apply(t->spare, &key, 1, d, 0, NULL);
+                int64_t k = petreli_ps_store_slot(t->spare, key, false);
+                if (k >= 0) ((oplog_meta *)petreli_ps_store_aux(t->spare, k))->held = om->held + 1;
+                ps->stats.rows_held++;
+                continue;
+            }
+        }
+        err = outbox_add(o, petreli_ps_partition(&t->spec, key, ps->servers), key, d);
+    }
+    if (err != PETREL_OK) {
+        petreli_ps_store_clear(t->spare); /* the log stays as it was */
+        return err;
+    }
+    petreli_ps_store *sent = t->oplog;
+    t->oplog = t->spare;
+    t->spare = sent;
+    return PETREL_OK;
 }
 
-/* Takes the logs under ps->mu, then sends them tagged with clock; ps->flush_mu held. */
+/* Moves the operation log of every table into outboxes (one per table). On
+ * failure the failing table's box is left empty, with its log in place for the
+ * next call, and the tables after it are not taken; the boxes before it hold logs
+ * already taken, which must still be sent. Locks as take_oplog. */
+static petrel_err take_oplogs(petrel_ps *ps, outbox *boxes, bool all) {
+    for (int ti = 0; ti < ps->ntables; ti++) {
+        petrel_err err = take_oplog(ps, &ps->tables[ti], &boxes[ti], all);
+        if (err != PETREL_OK) {
+            outbox_fini(&boxes[ti]);
+            memset(&boxes[ti], 0, sizeof boxes[ti]);
+            return err;
+        }
+    }
+    return PETREL_OK;
+}
+
+/* Takes the logs under ps->mu, then sends them tagged with clock; ps->flush_mu held.
+ * The logs taken before a table that failed go out all the same: they have left
+ * their tables, and would be lost otherwise. */
 static petrel_err send_oplogs(petrel_ps *ps, int64_t clock, bool all) {
     outbox boxes[PS_MAX_TABLES];
     memset(boxes, 0, sizeof boxes);
@@ -472,10 +513,11 @@ static petrel_err send_oplogs(petrel_ps *ps, int64_t clock, bool all) {
     int ntables = ps->ntables;
     petrel_err err = take_oplogs(ps, boxes, all);
     pthread_mutex_unlock(&ps->mu);
-    for (int t = 0; t < ntables && err == PETREL_OK; t++)
-        err = outbox_send(ps, &boxes[t], PS_INC, (uint32_t)t, clock);
+    petrel_err sent = PETREL_OK;
+    for (int t = 0; t < ntables && sent == PETREL_OK; t++)
+        sent = outbox_send(ps, &boxes[t], PS_INC, (uint32_t)t, clock);
     for (int t = 0; t < ntables; t++) outbox_fini(&boxes[t]);
-    return err;
+    return err != PETREL_OK ? err : sent;
 }
 
 static petrel_err send_clock(petrel_ps *ps, int64_t clock, bool to_rank0) {
@@ -529,20 +571,14 @@ petrel_err petrel_ps_clock(petrel_ps_worker *w) {
             (bound < 0 || ps->tables[t].spec.sync.staleness < bound))
             bound = ps->tables[t].spec.sync.staleness;
     if (bound < 0) return PETREL_OK;
-    uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
     pthread_mutex_lock(&ps->mu);
-    bool waited = false;
-    while (w->clock - bound > ps->known_min && err == PETREL_OK) {
-        waited = true;
-        if ((err = servers_alive(ps)) != PETREL_OK) break;
-        if (!petreli_ps_wait(ps, deadline))
-            err = petrel_error_set(PETREL_ERR_TIMEOUT,
-                                   "ps: worker %d at clock %lld waited %d ms for the slowest "
-                                   "worker (server clock %lld, bound %d)",
-                                   ps->worker_index, (long long)w->clock, ps->cfg.timeout_ms,
-                                   (long long)ps->known_min, bound);
-    }
-    if (waited) ps->stats.wait_clock_s += (double)(petrel_now_ns() - t0) * 1e-9;
+    err = wait_server_clock(ps, w->clock - bound, false);
+    if (err == PETREL_ERR_TIMEOUT)
+        err = petrel_error_set(PETREL_ERR_TIMEOUT,
+                               "ps: worker %d at clock %lld waited %d ms for the slowest worker "
+                               "(server clock %lld, bound %d)",
+                               ps->worker_index, (long long)w->clock, ps->cfg.timeout_ms,
+                               (long long)ps->known_min, bound);
     pthread_mutex_unlock(&ps->mu);
     return err;
 }
@@ -686,22 +722,13 @@ petrel_err petrel_ps_wait_final(petrel_ps_worker *w) {
     if (err != PETREL_OK) return err;
     /* Others may train for much longer than the timeout: it counts from the last
      * time the slowest worker moved. */
-    uint64_t t0 = petrel_now_ns(), deadline = t0 + (uint64_t)ps->cfg.timeout_ms * 1000000u;
     pthread_mutex_lock(&ps->mu);
-    int64_t seen = ps->known_min;
-    while (ps->known_min != PS_FINISHED && err == PETREL_OK) {
-        if (ps->known_min != seen) {
-            seen = ps->known_min;
-            deadline = petrel_now_ns() + (uint64_t)ps->cfg.timeout_ms * 1000000u;
-        }
-        if ((err = servers_alive(ps)) != PETREL_OK) break;
-        if (!petreli_ps_wait(ps, deadline))
-            err = petrel_error_set(PETREL_ERR_TIMEOUT,
-                                   "ps: worker %d waited for the others to finish, and for %d ms "
-                                   "the slowest did not move (server clock %lld)",
-                                   ps->worker_index, ps->cfg.timeout_ms, (long long)seen);
-    }
-    ps->stats.wait_clock_s += (double)(petrel_now_ns() - t0) * 1e-9;
+    err = wait_server_clock(ps, PS_FINISHED, true);
+    if (err == PETREL_ERR_TIMEOUT)
+        err = petrel_error_set(PETREL_ERR_TIMEOUT,
+                               "ps: worker %d waited for the others to finish, and for %d ms the "
+                               "slowest did not move (server clock %lld)",
+                               ps->worker_index, ps->cfg.timeout_ms, (long long)ps->known_min);
     pthread_mutex_unlock(&ps->mu);
     return err;
 }
@@ -811,7 +838,7 @@ petrel_err petreli_ps_client_table(petrel_ps *ps, uint32_t id) {
     petrel_err err = petreli_ps_store_new(&t->cache, &ls, 0, 1, sizeof(cache_meta));
     if (err == PETREL_OK) err = petreli_ps_store_new(&t->oplog, &ls, 0, 1, sizeof(oplog_meta));
     if (err == PETREL_OK) err = petreli_ps_store_new(&t->spare, &ls, 0, 1, sizeof(oplog_meta));
-    return err;
+    return err; /* on failure petrel_ps_table_create frees what was made (table_fini) */
 }
 
 void petreli_ps_client_finish_all(petrel_ps *ps) {
@@ -834,13 +861,6 @@ void petreli_ps_client_fini(petrel_ps *ps) {
     }
     for (int i = 0; i < ps->nthreads; i++) petrel_free(ps->threads[i]);
     petrel_free(ps->threads);
-    for (int t = 0; t < ps->ntables; t++) {
-        ps_batches *b[2] = {&ps->tables[t].batched, &ps->tables[t].batched_sent};
-        for (int k = 0; k < 2; k++) {
-            petrel_free(b[k]->keys);
-            petrel_free(b[k]->values);
-        }
-    }
     petrel_free(ps->server_clock);
     pthread_mutex_destroy(&ps->flush_mu);
 }

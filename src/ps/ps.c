@@ -200,7 +200,10 @@ petrel_err petrel_ps_table_create(petrel_ps *ps, const petrel_ps_table_spec *spe
         err = petreli_ps_server_table(ps, t);
     else if (ps->role == PETREL_ROLE_WORKER)
         err = petreli_ps_client_table(ps, t);
-    if (err != PETREL_OK) return err;
+    if (err != PETREL_OK) { /* not counted: ps_free would not see it, and a retry reuses it */
+        petreli_ps_table_fini(ps, &ps->tables[t]);
+        return err;
+    }
     pthread_mutex_lock(&ps->mu);
     ps->ntables++; /* only now do handlers accept messages for it */
     pthread_mutex_unlock(&ps->mu);
@@ -221,6 +224,24 @@ petrel_ps_stats petrel_ps_get_stats(const petrel_ps *ps) {
     return s;
 }
 
+void petreli_ps_table_fini(petrel_ps *ps, ps_table *t) {
+    petreli_ps_store_free(t->store);
+    for (int w = 0; t->hints && w < ps->workers; w++) {
+        petreli_ps_hint_free(&t->hints[w].inc);
+        petreli_ps_hint_free(&t->hints[w].get);
+    }
+    petrel_free(t->hints);
+    petreli_ps_store_free(t->cache);
+    petreli_ps_store_free(t->oplog);
+    petreli_ps_store_free(t->spare);
+    ps_batches *b[2] = {&t->batched, &t->batched_sent};
+    for (int k = 0; k < 2; k++) {
+        petrel_free(b[k]->keys);
+        petrel_free(b[k]->values);
+    }
+    *t = (ps_table){0};
+}
+
 static void ps_free(petrel_ps *ps) {
     /* A peer's late message (a reply to a prefetch, a last ADVANCE) must not reach
      * a handler whose state is being freed: it goes to the mailbox instead. */
@@ -231,12 +252,7 @@ static void ps_free(petrel_ps *ps) {
         petreli_ps_client_fini(ps);
     else
         petreli_ps_server_fini(ps);
-    for (int t = 0; t < ps->ntables; t++) {
-        petreli_ps_store_free(ps->tables[t].store);
-        petreli_ps_store_free(ps->tables[t].cache);
-        petreli_ps_store_free(ps->tables[t].oplog);
-        petreli_ps_store_free(ps->tables[t].spare);
-    }
+    for (int t = 0; t < ps->ntables; t++) petreli_ps_table_fini(ps, &ps->tables[t]);
     pthread_mutex_destroy(&ps->mu);
     pthread_cond_destroy(&ps->cv);
     petrel_free(ps);

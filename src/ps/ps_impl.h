@@ -75,7 +75,8 @@ typedef struct waiting_get {
     uint32_t table;
     int64_t need;
     int64_t n;
-    uint64_t *keys;
+    petrel_msg msg; /* the GET, kept (petrel_msg_keep): keys point into it */
+    const uint64_t *keys;
 } waiting_get;
 
 /* Deltas kept in the order they came, repeats and all (client.c: batched). */
@@ -85,13 +86,22 @@ typedef struct ps_batches {
     int64_t n, cap;
 } ps_batches;
 
+/* A server's key caches (store.h) for one worker and table: one per kind of key
+ * list, so that neither evicts the other. Pushes of rows to subscribers go by slot
+ * and need none. */
+typedef struct ps_hints {
+    petreli_ps_hint inc; /* the worker's INC lists (on_inc, apply_deferred) */
+    petreli_ps_hint get; /* its GET lists (on_get, answer_waiting) */
+} ps_hints;
+
 typedef struct ps_table {
     petrel_ps_table_spec spec;
     petreli_ps_store *store; /* servers: their part */
-    petreli_ps_hint *hints;  /* servers: each worker's key cache (store.h) */
+    ps_hints *hints;         /* servers: W, each worker's key caches */
     petreli_ps_store *cache; /* workers: fetched rows */
     petreli_ps_store *oplog; /* workers: deltas not yet sent, one row per key */
-    petreli_ps_store *spare; /* workers: the next clock's log (held rows move here) */
+    petreli_ps_store *spare; /* workers: the last log sent (an outbox may point into it);
+                                take_oplog refills it with held rows and makes it the log */
     ps_batches batched;      /* workers: large pushes not yet sent, appended */
     ps_batches batched_sent; /* workers: the last ones sent (an outbox may point here) */
 } ps_table;
@@ -121,7 +131,7 @@ struct petrel_ps {
     int finished;          /* workers done (servers and rank 0) */
     int64_t last_snapshot; /* clock of the latest snapshot written */
     petrel_err failure;    /* first error a handler met, reported by serve */
-    float *rows_buf;       /* the values of the ROWS being sent, reused (send_rows) */
+    float *rows_buf;       /* the values of the ROWS being sent, reused (server.c) */
     size_t rows_cap;       /* floats */
 
     /* workers */
@@ -153,10 +163,15 @@ bool petreli_ps_parse_rows(const petrel_msg *m, int64_t cols, int64_t *n, const 
                            const float **values);
 /* Waits on ps->cv (held) until deadline; false once it has passed. */
 bool petreli_ps_wait(petrel_ps *ps, uint64_t deadline_ns);
+/* Frees everything of one table, whichever side made it, and zeroes it: a table
+ * whose creation failed half way, and every table at the end. Accepts a zeroed one. */
+void petreli_ps_table_fini(petrel_ps *ps, ps_table *t);
 
 /* server.c */
 petrel_err petreli_ps_server_init(petrel_ps *ps);
 void petreli_ps_server_fini(petrel_ps *ps);
+/* Makes this server's part of table id (its spec set). On failure what was made
+ * stays, for petreli_ps_table_fini. */
 petrel_err petreli_ps_server_table(petrel_ps *ps, uint32_t id);
 
 /* client.c */
@@ -164,6 +179,7 @@ petrel_err petreli_ps_client_init(petrel_ps *ps);
 /* Finishes the threads that did not (petrel_ps_stop). */
 void petreli_ps_client_finish_all(petrel_ps *ps);
 void petreli_ps_client_fini(petrel_ps *ps);
+/* Makes this worker's copies of table id (its spec set); failure as server_table. */
 petrel_err petreli_ps_client_table(petrel_ps *ps, uint32_t id);
 
 #endif

@@ -75,22 +75,28 @@ static bool take_request(petrel_ps *ps, const petrel_msg *m, bool with_values, r
     return false;
 }
 
-/* Sends worker the rows at keys (ROWS at the current server clock). Call with ps->mu
- * held: the values are gathered into one buffer that every send reuses (the send is
- * done with it on return), so a GET allocates nothing once it has grown. */
+/* Room for n rows of cols floats in ps->rows_buf, the values of the ROWS being
+ * sent: one buffer that every send reuses (a send is done with it on return), so
+ * that serving rows allocates nothing once it has grown. Call with ps->mu held. */
+static petrel_err rows_room(petrel_ps *ps, int64_t n, int64_t cols) {
+    size_t need = (size_t)(n ? n : 1) * (size_t)cols;
+    if (ps->rows_cap >= need) return PETREL_OK;
+    float *b = petrel_realloc(ps->rows_buf, need * sizeof *b);
+    if (!b) return petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for %zu floats", need);
+    ps->rows_buf = b;
+    ps->rows_cap = need;
+    return PETREL_OK;
+}
+
+/* Answers worker's GET of keys (ROWS at the current server clock), through the
+ * worker's key cache for reads. Call with ps->mu held. */
 static petrel_err send_rows(petrel_ps *ps, int worker, uint32_t table, const uint64_t *keys,
                             int64_t n) {
     ps_table *t = &ps->tables[table];
     int64_t cols = t->spec.cols;
-    size_t need = (size_t)(n ? n : 1) * (size_t)cols;
-    if (ps->rows_cap < need) {
-        float *b = petrel_realloc(ps->rows_buf, need * sizeof *b);
-        if (!b) return petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for %zu floats", need);
-        ps->rows_buf = b;
-        ps->rows_cap = need;
-    }
-    petrel_err err =
-        petreli_ps_store_gather(t->store, keys, n, ps->rows_buf, NULL, &t->hints[worker]);
+    petrel_err err = rows_room(ps, n, cols);
+    if (err == PETREL_OK)
+        err = petreli_ps_store_gather(t->store, keys, n, ps->rows_buf, NULL, &t->hints[worker].get);
     if (err == PETREL_OK)
         err = petreli_ps_send(ps, 1 + ps->servers + worker, PS_ROWS, table, ps->clock, keys, n,
                               ps->rows_buf, cols);
@@ -132,28 +138,37 @@ static void apply_deferred(petrel_ps *ps, int64_t below) {
         deferred *d = ps->deferred_head;
         ps_table *t = &ps->tables[d->table];
         note_failure(ps, petreli_ps_store_apply(t->store, d->keys, d->n, d->deltas, d->clock,
-                                                &t->hints[d->worker]));
+                                                &t->hints[d->worker].inc));
         ps->deferred_head = d->next;
         petrel_msg_release(&d->msg);
         petrel_free(d);
     }
 }
 
-/* Every subscribed row of every pushing table to each worker still running. */
+/* Every subscribed row of every pushing table to each worker still running, in slot
+ * order: keys and rows are copied by slot, with no key to look up. */
 static petrel_err push_rows(petrel_ps *ps) {
     petrel_err err = PETREL_OK;
     for (int ti = 0; ti < ps->ntables && err == PETREL_OK; ti++) {
         ps_table *t = &ps->tables[ti];
         if (!t->spec.push) continue;
-        int64_t count = petreli_ps_store_count(t->store);
+        int64_t count = petreli_ps_store_count(t->store), cols = t->spec.cols;
+        if ((err = rows_room(ps, count, cols)) != PETREL_OK) return err;
         uint64_t *keys = petrel_malloc((size_t)(count ? count : 1) * sizeof *keys);
         if (!keys) return PETREL_ERR_NOMEM;
         for (int w = 0; w < ps->workers && err == PETREL_OK; w++) {
             if (ps->worker_clock[w] == PS_FINISHED) continue;
             int64_t n = 0;
-            for (int64_t slot = 0; slot < count; slot++)
-                if (subscribed(t, slot, w)) keys[n++] = petreli_ps_store_key(t->store, slot);
-            if (n) err = send_rows(ps, w, (uint32_t)ti, keys, n);
+            for (int64_t slot = 0; slot < count; slot++) {
+                if (!subscribed(t, slot, w)) continue;
+                keys[n] = petreli_ps_store_key(t->store, slot);
+                memcpy(ps->rows_buf + n * cols, petreli_ps_store_row(t->store, slot),
+                       (size_t)cols * sizeof(float));
+                n++;
+            }
+            if (n)
+                err = petreli_ps_send(ps, 1 + ps->servers + w, PS_ROWS, (uint32_t)ti, ps->clock,
+                                      keys, n, ps->rows_buf, cols);
         }
         petrel_free(keys);
     }
@@ -171,7 +186,7 @@ static void answer_waiting(petrel_ps *ps) {
         if (ps->worker_clock[g->worker] != PS_FINISHED)
             note_failure(ps, send_rows(ps, g->worker, g->table, g->keys, g->n));
         *pp = g->next;
-        petrel_free(g->keys);
+        petrel_msg_release(&g->msg);
         petrel_free(g);
     }
 }
@@ -256,7 +271,7 @@ static void on_inc(void *ctx, petrel_net *net, const petrel_msg *m) {
             *pp = d;
         }
     } else if (petreli_ps_store_apply(r.t->store, r.keys, r.n, r.values, m->clock,
-                                      &r.t->hints[r.worker]) != PETREL_OK) {
+                                      &r.t->hints[r.worker].inc) != PETREL_OK) {
         reject(ps, m, petrel_errmsg());
     }
     pthread_mutex_unlock(&ps->mu);
@@ -292,20 +307,18 @@ static void on_get(void *ctx, petrel_net *net, const petrel_msg *m) {
         petrel_err err = send_rows(ps, w, m->id, keys, n);
         if (err != PETREL_OK) reject(ps, m, petrel_errmsg());
     } else if (!t->spec.push) { /* pushing tables send it when the clock gets there */
+        /* The message is kept until then, not copied. */
         waiting_get *g = petrel_malloc(sizeof *g);
-        uint64_t *copy = petrel_malloc((size_t)n * sizeof *copy + 1);
-        if (!g || !copy) {
-            petrel_free(g);
-            petrel_free(copy);
+        if (!g) {
             note_failure(ps, petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for a read"));
         } else {
-            memcpy(copy, keys, (size_t)n * sizeof *copy);
             *g = (waiting_get){.next = ps->waiting,
                                .worker = w,
                                .table = m->id,
                                .need = m->clock,
                                .n = n,
-                               .keys = copy};
+                               .keys = keys};
+            petrel_msg_keep(m, &g->msg);
             ps->waiting = g;
         }
     }
@@ -363,11 +376,7 @@ petrel_err petreli_ps_server_table(petrel_ps *ps, uint32_t id) {
     }
     if (err == PETREL_OK && !(t->hints = petrel_calloc((size_t)ps->workers, sizeof *t->hints)))
         err = PETREL_ERR_NOMEM;
-    if (err != PETREL_OK) { /* the table is not counted: nothing else would free these */
-        petreli_ps_store_free(t->store);
-        t->store = NULL;
-    }
-    return err;
+    return err; /* on failure petrel_ps_table_create frees what was made (table_fini) */
 }
 
 petrel_err petrel_ps_serve(petrel_ps *ps) {
@@ -411,13 +420,8 @@ void petreli_ps_server_fini(petrel_ps *ps) {
     while (ps->waiting) {
         waiting_get *g = ps->waiting;
         ps->waiting = g->next;
-        petrel_free(g->keys);
+        petrel_msg_release(&g->msg);
         petrel_free(g);
-    }
-    for (int t = 0; t < ps->ntables; t++) {
-        for (int w = 0; ps->tables[t].hints && w < ps->workers; w++)
-            petreli_ps_hint_free(&ps->tables[t].hints[w]);
-        petrel_free(ps->tables[t].hints);
     }
     petrel_free(ps->rows_buf);
     petrel_free(ps->worker_clock);

@@ -783,9 +783,11 @@ static petrel_err run(petreli_ps_store *s, op_kind op, const uint64_t *keys, int
         int64_t i1 = n - i0 < CHUNK ? n : i0 + CHUNK;
         bool hit = hint && from_hint(s, hint->slot1, hinted, keys, i0, i1, sl, pf);
         int64_t m = hit ? i1 - i0 : resolve(s, keys, i0, i1, n, sl, &rj, pf, &err) - i0;
-        if (hint) {
-            hint->hits += hit ? m : 0;
-            for (int64_t k = 0; k < m; k++) hint->slot1[i0 + k] = (uint32_t)(sl[k] + 1);
+        if (hint) { /* on a hit the entries already name these slots */
+            if (hit)
+                hint->hits += m;
+            else
+                for (int64_t k = 0; k < m; k++) hint->slot1[i0 + k] = (uint32_t)(sl[k] + 1);
             hint->n = i0 + m;
         }
         if (i0 == 0 && m == CHUNK && s->count > count0)
@@ -829,6 +831,13 @@ int64_t petreli_ps_store_slot(petreli_ps_store *s, uint64_t key, bool create) {
     if (slot >= 0 || !create || petreli_ps_partition(&s->spec, key, s->servers) != s->server)
         return slot;
     return make_row(s, key, e);
+}
+
+petrel_err petreli_ps_store_reserve(petreli_ps_store *s, int64_t more) {
+    PETREL_ASSERT(more >= 0, "ps store: reserve room for more >= 0 rows");
+    if (s->spec.kind != PETREL_PS_SPARSE || more == 0) return PETREL_OK;
+    if (more > MAX_HASH_ROWS - s->count) return too_many_rows(s->count + more);
+    return make_room(s, s->count + more);
 }
 
 void petreli_ps_store_clear(petreli_ps_store *s) {

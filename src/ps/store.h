@@ -41,6 +41,12 @@ int64_t petreli_ps_store_count(const petreli_ps_store *s);
  * outside the table or owned by another server is -1. */
 int64_t petreli_ps_store_slot(petreli_ps_store *s, uint64_t key, bool create);
 
+/* Room for `more` rows beyond those held: until they are made, a call that makes
+ * rows (apply, gather, set, slot) allocates nothing and cannot fail for memory.
+ * Nothing to do for a dense store, whose rows all exist. PETREL_ERR_NOMEM when the
+ * room cannot be had; the rows are unchanged either way. */
+PETREL_NODISCARD petrel_err petreli_ps_store_reserve(petreli_ps_store *s, int64_t more);
+
 /* Sparse stores only: removes every row, keeping the memory of the arrays and the
  * index for the rows to come (an operation log refilled every clock makes no
  * allocation and takes no page fault). Slots restart at 0. */
@@ -59,7 +65,9 @@ int64_t petreli_ps_store_steps(const petreli_ps_store *s, int64_t slot);
 
 /* Key caching (after Li et al., OSDI'14, section 3.5): the slots a store found for
  * one sender's last key list, in the list's order (slot + 1; 0: none). A server
- * keeps one per worker and table. When a worker sends the same keys in the same
+ * keeps two per worker and table, one for the worker's pushes (INC) and one for its
+ * reads (GET): a push and a read list of one worker differ, and one cache for both
+ * would have each evict the other. When a worker sends the same keys in the same
  * order again (a worker with a fixed working set does, every clock), apply and
  * gather take each key's slot from here after checking that the slot still holds
  * that key, and skip the hash index, whose probes miss the cache at random. The

@@ -2,7 +2,8 @@
  * a sequential run, the SSP bound under random delays, async, workers with unequal
  * numbers of clocks, the final model after them, server-side rules, managed
  * communication and large appended pushes that lose nothing, several threads per
- * worker process, snapshots and resume, and malformed messages. */
+ * worker process, snapshots and resume, and malformed messages; without a net, tables
+ * whose creation fails and reads that run out of memory while merging the log. */
 #include "check.h"
 #include "inprocjob.h"
 #include "petrel/ps.h"
@@ -669,6 +670,131 @@ static void test_malformed_messages_are_ignored(void) {
     run_job(&j);
 }
 
+/* ---- without a net ------------------------------------------------------------------- */
+
+/* A ps of one server and two workers with no net, seen from one node of role: enough
+ * for what runs before a table's barrier, and for a worker's reads of rows it has. */
+static petrel_ps *offline_ps(petrel_role role) {
+    petrel_ps *ps = calloc(1, sizeof *ps);
+    ps->role = role;
+    ps->cfg = petrel_ps_config_default();
+    ps->servers = 1;
+    ps->workers = 2;
+    ps->rank = role == PETREL_ROLE_SERVER ? 1 : 2;
+    ps->server_index = ps->rank - 1;
+    ps->worker_index = ps->rank - 2;
+    pthread_mutex_init(&ps->mu, NULL);
+    pthread_mutex_init(&ps->flush_mu, NULL);
+    pthread_cond_init(&ps->cv, NULL);
+    return ps;
+}
+
+static void offline_free(petrel_ps *ps) {
+    for (int t = 0; t < ps->ntables; t++) petreli_ps_table_fini(ps, &ps->tables[t]);
+    pthread_cond_destroy(&ps->cv);
+    pthread_mutex_destroy(&ps->flush_mu);
+    pthread_mutex_destroy(&ps->mu);
+    free(ps);
+}
+
+/* A table whose creation fails at any allocation leaves nothing behind, on either
+ * side, and is not counted. */
+static void test_failed_table_create_frees_it(void) {
+    petrel_alloc_stats start = petrel_alloc_get_stats();
+    petrel_role roles[2] = {PETREL_ROLE_SERVER, PETREL_ROLE_WORKER};
+    for (int r = 0; r < 2; r++) {
+        petrel_ps *ps = offline_ps(roles[r]);
+        petrel_ps_table_spec spec = petrel_ps_table_spec_default(PETREL_PS_DENSE, 50, 3);
+        /* How many allocations a table takes, from a creation that cannot fail. */
+        uint64_t calls = petrel_alloc_get_stats().calls;
+        ps->tables[0].spec = spec;
+        CHECK_OK(r == 0 ? petreli_ps_server_table(ps, 0) : petreli_ps_client_table(ps, 0));
+        int64_t needed = (int64_t)(petrel_alloc_get_stats().calls - calls);
+        petreli_ps_table_fini(ps, &ps->tables[0]);
+        CHECK(needed > 1 && petrel_alloc_get_stats().live_bytes == start.live_bytes);
+        for (int64_t k = 0; k < needed; k++) {
+            uint32_t id = 99;
+            petrel_alloc_fail_after(k);
+            petrel_err err = petrel_ps_table_create(ps, &spec, &id); /* fails before its barrier */
+            petrel_alloc_fail_after(-1);
+            CHECK(err == PETREL_ERR_NOMEM && id == 99 && ps->ntables == 0);
+            CHECK(petrel_alloc_get_stats().live_bytes == start.live_bytes);
+        }
+        if (r == 0) { /* a snapshot to resume from that is not there */
+            ps->cfg.snapshot_dir = "/nonexistent/petrel-ps";
+            ps->cfg.resume_clock = 4;
+            uint32_t id;
+            CHECK_ERR(petrel_ps_table_create(ps, &spec, &id), PETREL_ERR_IO);
+            CHECK(ps->ntables == 0 && petrel_alloc_get_stats().live_bytes == start.live_bytes);
+        }
+        offline_free(ps);
+    }
+}
+
+/* A read merges the appended pushes into the log all at once or not at all: a
+ * merge that runs out of memory leaves them for the next read, which counts each
+ * delta once; a flush stops at the failure. The push starts with one key many
+ * times, so that the store makes most of its rows after the first chunk of keys
+ * and could fail there. */
+static void test_merge_of_appended_pushes_is_all_or_nothing(void) {
+    petrel_alloc_stats start = petrel_alloc_get_stats();
+    enum { N = 3000, COLS = 2 };
+    petrel_ps *ps = offline_ps(PETREL_ROLE_WORKER);
+    ps->tables[0].spec = petrel_ps_table_spec_default(PETREL_PS_SPARSE, 0, COLS);
+    ps->tables[0].spec.sync.async = true; /* reads rows it has without asking */
+    CHECK_OK(petreli_ps_client_table(ps, 0));
+    ps->ntables = 1;
+    ps_table *t = &ps->tables[0];
+    enum { SAME = 300 }; /* pushes of keys[0] first */
+    static uint64_t keys[N], pushed[N];
+    static float cached[N * COLS], d[N * COLS], got[N * COLS];
+    for (int i = 0; i < N; i++) {
+        keys[i] = (uint64_t)i * 104729u;
+        pushed[i] = i < SAME ? 0 : keys[i];
+        for (int j = 0; j < COLS; j++) {
+            cached[i * COLS + j] = (float)(i % 7);
+            d[i * COLS + j] = (float)(j + 1);
+        }
+    }
+    /* Every row in the process cache, fresh: a read sends nothing. */
+    CHECK_OK(petreli_ps_store_set(t->cache, keys, N, cached));
+    for (int i = 0; i < N; i++) {
+        cache_meta *meta =
+            petreli_ps_store_aux(t->cache, petreli_ps_store_slot(t->cache, keys[i], false));
+        meta->present = true;
+    }
+    petrel_ps_worker w = {.ps = ps};
+    CHECK_OK(petrel_ps_inc_rows(&w, 0, pushed, N, d)); /* appended: N >= BATCH_MIN_KEYS */
+    CHECK_OK(petrel_ps_inc(&w, 0, keys[1], d));        /* coalesced into the log */
+    CHECK(t->batched.n == N);
+    /* A flush (or clock) whose merge fails stops there, sending nothing (this ps has
+     * no net to send with); its first allocation is the merge's. */
+    petrel_alloc_fail_after(0);
+    CHECK_ERR(petrel_ps_flush(&w), PETREL_ERR_NOMEM);
+    petrel_alloc_fail_after(-1);
+    CHECK(t->batched.n == N && petreli_ps_store_count(t->oplog) == 1);
+    int failures = 0;
+    for (int64_t k = 0; k < 100; k++) {
+        petrel_alloc_fail_after(k);
+        petrel_err err = petrel_ps_get_rows(&w, 0, keys, N, got);
+        petrel_alloc_fail_after(-1);
+        if (err == PETREL_OK) break;
+        CHECK(err == PETREL_ERR_NOMEM);
+        CHECK(t->batched.n == N && petreli_ps_store_count(t->oplog) == 1);
+        failures++;
+    }
+    CHECK(failures > 0 && t->batched.n == 0);
+    bool exact = true;
+    for (int i = 0; i < N; i++) {
+        int times = (i == 0 ? SAME : i >= SAME) + (i == 1);
+        for (int j = 0; j < COLS; j++)
+            exact &= got[i * COLS + j] == cached[i * COLS + j] + (float)((j + 1) * times);
+    }
+    CHECK(exact);
+    offline_free(ps);
+    CHECK(petrel_alloc_get_stats().live_bytes == start.live_bytes);
+}
+
 static void test_sync_parse(void) {
     petrel_ps_sync s;
     char buf[32];
@@ -700,6 +826,8 @@ int main(void) {
     RUN(test_threads_share_one_process_cache);
     RUN(test_snapshot_and_resume);
     RUN(test_malformed_messages_are_ignored);
+    RUN(test_failed_table_create_frees_it);
+    RUN(test_merge_of_appended_pushes_is_all_or_nothing);
     CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }

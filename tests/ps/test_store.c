@@ -1,7 +1,7 @@
 /* The parameter server's per-server store (src/ps/store.c): partitioners, dense
  * and sparse rows, first-touch initialization, the update rules against nn's
  * optimizers and a naive reference, ownership errors, key caching against a store
- * without it, snapshot files and out-of-memory. */
+ * without it, snapshot files, out-of-memory and reserved room. */
 #include "check.h"
 #include "ps/store.h"
 
@@ -915,6 +915,52 @@ static void test_out_of_memory(void) {
     CHECK(petrel_alloc_get_stats().live_bytes == start.live_bytes);
 }
 
+/* After petreli_ps_store_reserve(s, n), a call that makes up to n rows allocates
+ * nothing, so it cannot stop half way for memory (client.c merges a worker's
+ * appended pushes into its log this way). A reserve that fails changes no row. */
+static void test_reserve(void) {
+    petrel_alloc_stats start = petrel_alloc_get_stats();
+    enum { N = 6000, DISTINCT = 2500 };
+    static uint64_t keys[N];
+    static float d[N * 2];
+    for (int i = 0; i < N; i++) {
+        keys[i] = (uint64_t)(i % DISTINCT) * 7919; /* repeats, as appended pushes have */
+        d[2 * i] = 1;
+        d[2 * i + 1] = (float)(i % 5);
+    }
+    petrel_ps_table_spec spec = spec_of(PETREL_PS_SPARSE, 0, 2, PETREL_PS_SUM);
+    petreli_ps_store *s = make(&spec, 0, 1, 4), *ref = make(&spec, 0, 1, 4);
+    CHECK_OK(petreli_ps_store_apply(s, keys, 10, d, 0, NULL));
+    CHECK_OK(petreli_ps_store_apply(ref, keys, 10, d, 0, NULL));
+    int failures = 0;
+    for (int64_t k = 0; k < 100; k++) {
+        petrel_alloc_fail_after(k);
+        petrel_err err = petreli_ps_store_reserve(s, N);
+        petrel_alloc_fail_after(-1);
+        CHECK(consistent(s) && same_store(s, ref, 2, 0));
+        if (err == PETREL_OK) break;
+        CHECK(err == PETREL_ERR_NOMEM);
+        failures++;
+    }
+    CHECK(failures > 0);
+    uint64_t calls = petrel_alloc_get_stats().calls;
+    CHECK_OK(petreli_ps_store_apply(s, keys, N, d, 0, NULL));
+    CHECK(petrel_alloc_get_stats().calls == calls);
+    CHECK_OK(petreli_ps_store_apply(ref, keys, N, d, 0, NULL));
+    CHECK(petreli_ps_store_count(s) == DISTINCT && same_store(s, ref, 2, 0));
+    CHECK(petreli_ps_store_reserve(s, 0) == PETREL_OK);
+    petreli_ps_store_free(s);
+    petreli_ps_store_free(ref);
+
+    petrel_ps_table_spec dense = spec_of(PETREL_PS_DENSE, 100, 1, PETREL_PS_SUM);
+    petreli_ps_store *x = make(&dense, 0, 1, 0);
+    calls = petrel_alloc_get_stats().calls;
+    CHECK_OK(petreli_ps_store_reserve(x, 1000)); /* its rows all exist */
+    CHECK(petrel_alloc_get_stats().calls == calls);
+    petreli_ps_store_free(x);
+    CHECK(petrel_alloc_get_stats().live_bytes == start.live_bytes);
+}
+
 int main(void) {
     petrel_alloc_stats before = petrel_alloc_get_stats();
     seed = check_seed(20240611);
@@ -937,6 +983,7 @@ int main(void) {
     RUN_SEEDED(test_snapshot_round_trip, seed);
     RUN_SEEDED(test_snapshot_rejects, seed);
     RUN(test_out_of_memory);
+    RUN(test_reserve);
     CHECK_NO_LEAKS(before);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
