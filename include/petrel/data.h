@@ -173,9 +173,10 @@ PETREL_NODISCARD petrel_err petrel_batcher_new(petrel_batcher **out, const petre
 void petrel_batcher_free(petrel_batcher *b);
 
 /* The batcher's epoch order, for callers that walk samples themselves (Hogwild!,
- * matrix factorization): order[0 .. n-1] = a permutation of 0 .. n-1 that is a
- * function of (seed, epoch) only, by the rule at the top of this header. */
-void petrel_epoch_order(uint32_t *order, int64_t n, uint64_t seed, int64_t epoch);
+ * matrix factorization): order[0 .. n-1] = with shuffle, a permutation of 0 .. n-1
+ * that is a function of (seed, epoch) only, by the rule at the top of this header;
+ * without, 0 .. n-1 (the file order). */
+void petrel_epoch_order(uint32_t *order, int64_t n, bool shuffle, uint64_t seed, int64_t epoch);
 
 /* Computes epoch's permutation, a function of (seed, epoch) only and identical on
  * every rank, and rewinds to the start of this rank's shard. Costs O(n). */

@@ -27,9 +27,10 @@
  * Ownership: the datasets are borrowed for the call; the result owns its arrays
  * (petrel_hogwild_result_fini frees them). Allocation through petrel_malloc.
  *
- * Threading: petrel_hogwild_train and petrel_hogwild_train_mf start and join their
- * own threads; concurrent calls on different results are independent. A result is
- * plain data.
+ * Threading: petrel_hogwild_train and petrel_hogwild_train_mf start their own
+ * threads once per call, threads - 1 of them (the calling thread is thread 0), which
+ * wait between epochs and are joined before the call returns; concurrent calls on
+ * different results are independent. A result is plain data.
  *
  *     petrel_hogwild_config cfg = petrel_hogwild_config_default();
  *     cfg.model = PETREL_HOGWILD_LOGREG, cfg.threads = 4, cfg.epochs = 10;

@@ -138,7 +138,10 @@ typedef struct petrel_ps_train_config {
     int straggler;           /* the worker index to slow down, -1: none */
     double straggler_factor; /* its clocks take this many times their compute time (>= 1) */
     int mf_rank;             /* matrix factorization: factor width */
-    float mf_l2;             /* matrix factorization: L2 on the factors */
+    float mf_l2;             /* matrix factorization: L2 (>= 0) on the user and item rows
+                                a rating touches, in the mini-batch gradient and in
+                                Hogwild! threads' steps alike (0.02 by default;
+                                petrel train's --l2 when given) */
     /* logreg and mf: NULL, or Hogwild! threads inside every worker (Project Adam):
      * a clock is then cfg->batch samples per thread. The worker reads the rows they
      * touch (through its process cache, within the staleness bound) into a local
@@ -147,11 +150,13 @@ typedef struct petrel_ps_train_config {
      * then the replica's change is added to the operation log, one delta per row.
      * The tables' rule is then SUM (cfg->optim is not used). hogwild->model picks
      * logreg or svm on two classes; more classes train softmax. Its epochs, seed and
-     * shuffle are not read (cfg's are). Borrowed for the call. */
+     * shuffle are not read (cfg's are), nor for mf its l2, and only the fields read
+     * are checked (PETREL_ERR_INVALID: threads < 1, lr <= 0 or not finite, decay
+     * outside (0, 1], an unknown mode, l2 < 0 but for mf). Borrowed for the call. */
     const petrel_hogwild_config *hogwild;
 } petrel_ps_train_config;
 
-/* BSP, no straggler, mf rank 16, l2 0.02, no Hogwild! threads. */
+/* BSP, no straggler, mf_rank 16, mf_l2 0.02, no Hogwild! threads. */
 petrel_ps_train_config petrel_ps_train_config_default(void);
 
 /* Every node of a PS job calls one of these after petrel_ps_start, with the same

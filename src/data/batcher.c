@@ -87,21 +87,18 @@ void petrel_batcher_free(petrel_batcher *b) {
     petrel_free(b);
 }
 
-void petrel_epoch_order(uint32_t *order, int64_t n, uint64_t seed, int64_t epoch) {
+void petrel_epoch_order(uint32_t *order, int64_t n, bool shuffle, uint64_t seed, int64_t epoch) {
     /* From the identity each time, so the order is a function of (seed, epoch)
      * alone and a restarted job resumes with the same order. */
     for (int64_t i = 0; i < n; i++) order[i] = (uint32_t)i;
+    if (!shuffle) return;
     petrel_rng rng;
     petrel_rng_seed(&rng, seed ^ (EPOCH_MIX * ((uint64_t)epoch + 1)));
     petrel_rng_shuffle_u32(&rng, order, (size_t)n);
 }
 
 void petrel_batcher_start_epoch(petrel_batcher *b, int64_t epoch) {
-    int64_t n = b->d->n;
-    if (b->cfg.shuffle)
-        petrel_epoch_order(b->perm, n, b->cfg.seed, epoch);
-    else
-        for (int64_t i = 0; i < n; i++) b->perm[i] = (uint32_t)i;
+    petrel_epoch_order(b->perm, b->d->n, b->cfg.shuffle, b->cfg.seed, epoch);
     b->pos = b->begin;
 }
 

@@ -1,7 +1,8 @@
 /*
- * Hogwild!: lock-free parallel SGD (Recht et al., NIPS 2011), the engine. It owns
- * the epochs, the permutation, the threads and the modes; the models
- * (hogwild_linear.c, hogwild_mf.c) are step functions over shared weights
+ * Hogwild!: lock-free parallel SGD (Recht et al., NIPS 2011), the engine. The engine
+ * (petreli_hw_engine) owns the threads and the modes and runs passes over samples;
+ * petreli_hw_run adds the epochs, the permutation, the step decay and the evaluation.
+ * The models (hogwild_linear.c, hogwild_mf.c) are step functions over shared weights
  * (hogwild_impl.h).
  *
  * The shared weights are arrays of _Atomic float touched only with relaxed loads
@@ -21,15 +22,15 @@
 #include <sched.h>
 #include <string.h>
 
-/* Bytes of a cache line: what threads write during an epoch is kept on lines of
- * its own, so that it does not evict what the other threads read (false sharing). */
+/* Bytes of a cache line: what threads write during a pass is kept on lines of its
+ * own, so that it does not evict what the other threads read (false sharing). */
 #define LINE 64
 
 typedef struct hw_shared {
     /* read by every sample, written only between passes */
     const petreli_hw_model *m;
     const petrel_hogwild_config *cfg;
-    const uint32_t *order; /* this pass's samples */
+    const uint32_t *order; /* this pass's samples; NULL: 0, 1, .. */
     int64_t epoch;
     float lr;
     int64_t rounds; /* ROUND_ROBIN: turns each thread takes, ceil(n / T) */
@@ -38,35 +39,56 @@ typedef struct hw_shared {
     _Alignas(LINE) atomic_uint_fast64_t ticket; /* ROUND_ROBIN: whose turn it is, counts up */
 } hw_shared;
 
-/* One thread's share of a pass; written by it only at the end of the pass (its
- * running sums stay in its tally on its own stack: workers share cache lines). */
+/* One thread's share of a pass; written by the caller before the pass and by its
+ * thread only at the end of it (its running sums stay in its tally on its own
+ * stack: workers share cache lines). */
 typedef struct hw_worker {
-    hw_shared *s;
+    petreli_hw_engine *e;
     int id;
-    int64_t begin, end; /* positions [begin, end) of order */
+    int64_t begin, end; /* positions [begin, end) of the pass */
     float *scratch;     /* the model's per-thread scratch, on lines of its own */
     petreli_hw_tally tally;
 } hw_worker;
 
+/*
+ * Threads 1 .. T-1 are started with the engine and parked between passes; thread 0 is
+ * the caller of petreli_hw_pass. The hand-off is one mutex and two condition
+ * variables: a pass writes its parameters (hw_shared, each hw_worker's range), then,
+ * holding mu, bumps `generation`, sets `running` to T - 1 and wakes the threads; a
+ * thread that sees a new generation (under mu) runs its part and, under mu again,
+ * stores its tally and decrements `running`; the pass returns once `running` is 0,
+ * read under mu. The mutex orders everything: the pass's writes (its parameters, the
+ * caller's changes to the model's context and to the weights) happen before each
+ * thread's part, and each thread's updates and tally happen before the pass returns.
+ */
 struct petreli_hw_engine {
     hw_shared s;
     hw_worker *wk;
-    petrel_thread **th;
-    float *scratch, *first; /* first: scratch's first line boundary */
-    size_t per_thread;      /* scratch floats per thread, whole lines */
+    petrel_thread **th; /* th[1 .. started]; th[0] is unused (the caller) */
+    float *scratch;     /* T * per_thread floats */
+    size_t per_thread;  /* scratch floats per thread, whole lines */
+    int started;        /* threads running hw_thread_main */
+    _Alignas(LINE) pthread_mutex_t mu;
+    pthread_cond_t go;   /* generation or stop changed */
+    pthread_cond_t done; /* running reached 0 */
+    uint64_t generation; /* passes published; under mu */
+    int running;         /* threads still in this pass; under mu */
+    bool stop;           /* under mu: the threads end */
 };
 
 static inline void hw_sample(const hw_shared *s, const hw_worker *wk, int64_t pos,
                              petreli_hw_tally *t) {
-    int64_t i = s->order[pos];
+    int64_t i = s->order ? (int64_t)s->order[pos] : pos;
     t->loss += s->m->step(s->m->ctx, wk->scratch, i, s->lr, &t->nnz);
     t->samples++;
     if (s->cfg->on_sample) s->cfg->on_sample(s->cfg->on_sample_arg, s->epoch, wk->id, i);
 }
 
-static void *hw_worker_main(void *arg) {
-    hw_worker *wk = arg;
-    hw_shared *s = wk->s;
+/* Thread wk->id's part of the current pass, its tally into wk->tally. Bounded: at
+ * most ceil(n / T) samples, or in ROUND_ROBIN `rounds` turns, each of which waits
+ * only for the turn before it, and every thread of the pass takes all its turns. */
+static void hw_part(hw_worker *wk) {
+    hw_shared *s = &wk->e->s;
     petreli_hw_tally t = {0, 0, 0};
     if (s->cfg->threads == 1 || s->cfg->mode == PETREL_HOGWILD_LOCKFREE) {
         for (int64_t p = wk->begin; p < wk->end; p++) hw_sample(s, wk, p, &t);
@@ -93,6 +115,26 @@ static void *hw_worker_main(void *arg) {
         }
     }
     wk->tally = t;
+}
+
+/* Threads 1 .. T-1: park until a pass or the engine's end. The park has no timeout:
+ * a parked thread holds up no one, and petreli_hw_engine_free, which every owner
+ * calls, ends it. */
+static void *hw_thread_main(void *arg) {
+    hw_worker *wk = arg;
+    petreli_hw_engine *e = wk->e;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (e->generation == seen && !e->stop) pthread_cond_wait(&e->go, &e->mu);
+        if (e->stop) break;
+        seen = e->generation;
+        pthread_mutex_unlock(&e->mu);
+        hw_part(wk);
+        pthread_mutex_lock(&e->mu);
+        if (--e->running == 0) pthread_cond_signal(&e->done);
+    }
+    pthread_mutex_unlock(&e->mu);
     return NULL;
 }
 
@@ -141,16 +183,20 @@ petrel_hogwild_config petrel_hogwild_config_default(void) {
     return c;
 }
 
-petrel_err petreli_hw_check_config(const petrel_hogwild_config *c, const char *fn) {
-    if (c->threads < 1 || c->epochs < 1)
-        return petrel_error_set(PETREL_ERR_INVALID, "%s: threads %d, epochs %lld: expected >= 1",
-                                fn, c->threads, (long long)c->epochs);
-    if (!(c->lr > 0) || !isfinite(c->lr) || !(c->decay > 0 && c->decay <= 1) || !(c->l2 >= 0) ||
-        !isfinite(c->l2))
+petrel_err petreli_hw_check_config(const petrel_hogwild_config *c, unsigned also, const char *fn) {
+    if (c->threads < 1)
+        return petrel_error_set(PETREL_ERR_INVALID, "%s: threads %d: expected >= 1", fn,
+                                c->threads);
+    if ((also & PETRELI_HW_CHECK_EPOCHS) && c->epochs < 1)
+        return petrel_error_set(PETREL_ERR_INVALID, "%s: epochs %lld: expected >= 1", fn,
+                                (long long)c->epochs);
+    if (!(c->lr > 0) || !isfinite(c->lr) || !(c->decay > 0 && c->decay <= 1))
         return petrel_error_set(PETREL_ERR_INVALID,
-                                "%s: lr %g, decay %g, l2 %g: expected lr > 0, 0 < decay <= 1, "
-                                "l2 >= 0",
-                                fn, (double)c->lr, (double)c->decay, (double)c->l2);
+                                "%s: lr %g, decay %g: expected lr > 0, 0 < decay <= 1", fn,
+                                (double)c->lr, (double)c->decay);
+    if ((also & PETRELI_HW_CHECK_L2) && (!(c->l2 >= 0) || !isfinite(c->l2)))
+        return petrel_error_set(PETREL_ERR_INVALID, "%s: l2 %g: expected l2 >= 0", fn,
+                                (double)c->l2);
     if ((unsigned)c->mode >= PETREL_HOGWILD_MODE_COUNT)
         return petrel_error_set(PETREL_ERR_INVALID, "%s: unknown mode %d", fn, (int)c->mode);
     return PETREL_OK;
@@ -162,29 +208,55 @@ petrel_err petreli_hw_engine_new(petreli_hw_engine **out, const petreli_hw_model
     const int T = cfg->threads;
     const size_t fpl = LINE / sizeof(float); /* floats per line */
     const size_t lines = (m->scratch + fpl - 1) / fpl;
+    /* petrel_calloc's blocks are 64-byte aligned: the engine's _Alignas(LINE) fields and
+     * every thread's scratch, whole lines from the block's start, begin on a line. */
     petreli_hw_engine *e = petrel_calloc(1, sizeof *e);
     if (!e) return PETREL_ERR_NOMEM;
     e->s = (hw_shared){.m = m, .cfg = cfg};
     atomic_init(&e->s.ticket, 0);
-    e->per_thread = (lines > 0 ? lines : 1) * fpl; /* whole lines */
+    e->per_thread = (lines > 0 ? lines : 1) * fpl;
     e->wk = petrel_calloc((size_t)T, sizeof *e->wk);
     e->th = petrel_calloc((size_t)T, sizeof *e->th);
-    /* one line more, to start the first thread's scratch on a line boundary */
-    e->scratch = petrel_calloc((size_t)T * e->per_thread + fpl, sizeof *e->scratch);
-    if (!e->wk || !e->th || !e->scratch || pthread_mutex_init(&e->s.lock, NULL) != 0) {
+    e->scratch = petrel_calloc((size_t)T * e->per_thread, sizeof *e->scratch);
+    bool lock = false, mu = false, go = false;
+    if (!e->wk || !e->th || !e->scratch || !(lock = pthread_mutex_init(&e->s.lock, NULL) == 0) ||
+        !(mu = pthread_mutex_init(&e->mu, NULL) == 0) ||
+        !(go = pthread_cond_init(&e->go, NULL) == 0) || pthread_cond_init(&e->done, NULL) != 0) {
+        if (go) pthread_cond_destroy(&e->go);
+        if (mu) pthread_mutex_destroy(&e->mu);
+        if (lock) pthread_mutex_destroy(&e->s.lock);
         petrel_free(e->scratch);
         petrel_free(e->th);
         petrel_free(e->wk);
         petrel_free(e);
         return PETREL_ERR_NOMEM;
     }
-    e->first = e->scratch + (fpl - ((uintptr_t)e->scratch / sizeof(float)) % fpl) % fpl;
+    for (int t = 0; t < T; t++)
+        e->wk[t] = (hw_worker){.e = e, .id = t, .scratch = e->scratch + (size_t)t * e->per_thread};
+    for (int t = 1; t < T; t++) {
+        petrel_err err = petrel_thread_start(&e->th[t], hw_thread_main, &e->wk[t]);
+        if (err != PETREL_OK) {
+            petreli_hw_engine_free(e); /* ends the threads started so far */
+            return err;
+        }
+        e->started = t;
+    }
     *out = e;
     return PETREL_OK;
 }
 
 void petreli_hw_engine_free(petreli_hw_engine *e) {
     if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = true;
+    pthread_cond_broadcast(&e->go);
+    pthread_mutex_unlock(&e->mu);
+    /* Bounded: no pass is running (the owner's calls do not overlap), so every
+     * thread is parked or about to park, and sees stop. */
+    for (int t = 1; t <= e->started; t++) petrel_thread_join(e->th[t], NULL);
+    pthread_cond_destroy(&e->done);
+    pthread_cond_destroy(&e->go);
+    pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->s.lock);
     petrel_free(e->scratch);
     petrel_free(e->th);
@@ -192,8 +264,8 @@ void petreli_hw_engine_free(petreli_hw_engine *e) {
     petrel_free(e);
 }
 
-petrel_err petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
-                           float lr, petreli_hw_tally *out) {
+void petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
+                     float lr, petreli_hw_tally *out) {
     PETREL_ASSERT(n >= 0, "a pass over n >= 0 samples");
     const int T = e->s.cfg->threads;
     hw_shared *s = &e->s;
@@ -203,34 +275,25 @@ petrel_err petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t 
     s->lr = lr;
     s->rounds = (n + T - 1) / T;
     atomic_store_explicit(&s->ticket, 0, memory_order_relaxed);
-    for (int t = 0; t < T; t++)
-        wk[t] = (hw_worker){.s = s,
-                            .id = t,
-                            .begin = (int64_t)t * n / T,
-                            .end = (int64_t)(t + 1) * n / T,
-                            .scratch = e->first + (size_t)t * e->per_thread};
-    if (T == 1) {
-        hw_worker_main(&wk[0]);
-    } else {
-        int started = 0;
-        petrel_err err = PETREL_OK;
-        for (; started < T; started++)
-            if ((err = petrel_thread_start(&e->th[started], hw_worker_main, &wk[started]))) break;
-        if (started < T) {
-            /* Round-robin threads would wait forever for a missing thread's turn:
-             * pass those turns on from here until the started ones end. */
-            const uint64_t total = (uint64_t)s->rounds * (uint64_t)T;
-            for (uint64_t tk;
-                 s->cfg->mode == PETREL_HOGWILD_ROUND_ROBIN &&
-                 (tk = atomic_load_explicit(&s->ticket, memory_order_acquire)) < total;)
-                if (tk % (uint64_t)T >= (uint64_t)started)
-                    atomic_store_explicit(&s->ticket, tk + 1, memory_order_release);
-                else
-                    sched_yield();
-            for (int t = 0; t < started; t++) petrel_thread_join(e->th[t], NULL);
-            return err;
-        }
-        for (int t = 0; t < T; t++) petrel_thread_join(e->th[t], NULL);
+    for (int t = 0; t < T; t++) {
+        wk[t].begin = (int64_t)t * n / T;
+        wk[t].end = (int64_t)(t + 1) * n / T;
+    }
+    if (T > 1) {
+        pthread_mutex_lock(&e->mu);
+        e->generation++;
+        e->running = T - 1;
+        pthread_cond_broadcast(&e->go);
+        pthread_mutex_unlock(&e->mu);
+    }
+    hw_part(&wk[0]);
+    if (T > 1) {
+        /* Bounded: this waits only for the pass's own T - 1 threads, all started with
+         * the engine and woken above, each of which ends its part (hw_part's bound)
+         * and then decrements running. */
+        pthread_mutex_lock(&e->mu);
+        while (e->running > 0) pthread_cond_wait(&e->done, &e->mu);
+        pthread_mutex_unlock(&e->mu);
     }
     *out = (petreli_hw_tally){0, 0, 0};
     for (int t = 0; t < T; t++) {
@@ -238,7 +301,6 @@ petrel_err petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t 
         out->nnz += wk[t].tally.nnz;
         out->samples += wk[t].tally.samples;
     }
-    return PETREL_OK;
 }
 
 petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hogwild_config *cfg,
@@ -249,14 +311,10 @@ petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hog
     uint32_t *perm = petrel_malloc((size_t)n * sizeof *perm);
     petrel_err err = perm ? petreli_hw_engine_new(&engine, m, cfg) : PETREL_ERR_NOMEM;
     for (int64_t e = 0; e < cfg->epochs && err == PETREL_OK; e++) {
-        if (cfg->shuffle)
-            petrel_epoch_order(perm, n, cfg->seed, e);
-        else
-            for (int64_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
+        petrel_epoch_order(perm, n, cfg->shuffle, cfg->seed, e);
         double t0 = petrel_now_s();
         petreli_hw_tally t;
-        if ((err = petreli_hw_pass(engine, perm, n, e, petreli_hw_lr(cfg, e), &t)) != PETREL_OK)
-            break;
+        petreli_hw_pass(engine, perm, n, e, petreli_hw_lr(cfg, e), &t);
         double secs = petrel_now_s() - t0;
         petrel_hogwild_epoch *ep = &epochs[e];
         *ep = (petrel_hogwild_epoch){.test_accuracy = NAN, .train_rmse = NAN, .test_rmse = NAN};

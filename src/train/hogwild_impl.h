@@ -1,5 +1,5 @@
-/* Internals shared by the files of Hogwild!: the engine (hogwild.c) that runs the
- * epochs, the threads and the modes, and the models it trains, each a step function
+/* Internals shared by the files of Hogwild!: the engine (hogwild.c), its threads and
+ * modes and the epochs around them, and the models it trains, each a step function
  * over shared relaxed-atomic weights (hogwild_linear.c: logreg, svm, softmax;
  * hogwild_mf.c: matrix factorization). */
 #ifndef PETREL_HOGWILD_IMPL_H
@@ -28,7 +28,8 @@ typedef struct petreli_hw_model {
 
 /* Trains m over n samples (1 .. 2^32-1) for cfg->epochs epochs with cfg's engine
  * (the permutation, partitions, modes and step decay of hogwild.h), filling
- * epochs[0 .. cfg->epochs-1]. cfg must have passed petreli_hw_check_config.
+ * epochs[0 .. cfg->epochs-1]. cfg must have passed petreli_hw_check_config with
+ * PETRELI_HW_CHECK_EPOCHS.
  * Errors: PETREL_ERR_NOMEM (also a thread that could not start); the weights are
  * then part-trained. */
 petrel_err petreli_hw_run(const petreli_hw_model *m, int64_t n, const petrel_hogwild_config *cfg,
@@ -42,18 +43,26 @@ typedef struct petreli_hw_tally {
 } petreli_hw_tally;
 
 /* The engine without the epochs, for a caller that feeds it samples in passes of
- * its own (Hogwild! threads inside a parameter-server worker, ps_train.c): the
- * threads' scratch, made once. m and cfg are borrowed until the engine is freed;
- * m->ctx may change between passes. */
+ * its own (Hogwild! threads inside a parameter-server worker: ps_logreg.c, ps_mf.c),
+ * and petreli_hw_run's. petreli_hw_engine_new starts cfg->threads - 1 threads, which
+ * wait between passes; the caller's thread is thread 0 of every pass.
+ * petreli_hw_engine_free ends and joins them. m and cfg are borrowed until the engine
+ * is freed; cfg->threads must not change, the rest of m, cfg and m->ctx's data may
+ * between passes (a pass hands them to its threads, and the threads' updates back to
+ * the caller, under one mutex).
+ * Not thread-safe: one thread makes the engine, runs its passes and frees it.
+ * Errors: PETREL_ERR_NOMEM (also a thread that could not start). */
 typedef struct petreli_hw_engine petreli_hw_engine;
 petrel_err petreli_hw_engine_new(petreli_hw_engine **out, const petreli_hw_model *m,
                                  const petrel_hogwild_config *cfg);
+/* Ends the threads and frees the engine. Accepts NULL. */
 void petreli_hw_engine_free(petreli_hw_engine *e);
-/* One pass over samples order[0 .. n-1] with cfg->threads threads, each over its own
- * contiguous part, in cfg->mode, steps of lr; epoch is only passed on to the
- * on_sample callback. Errors: PETREL_ERR_NOMEM (a thread that could not start). */
-petrel_err petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
-                           float lr, petreli_hw_tally *out);
+/* One pass over samples order[0 .. n-1] (order NULL: the samples 0 .. n-1) with
+ * cfg->threads threads, each over its own contiguous part, in cfg->mode, steps of
+ * lr; epoch is only passed on to the on_sample callback. Returns when every thread
+ * has finished its part, with their updates visible to the caller. */
+void petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
+                     float lr, petreli_hw_tally *out);
 /* The engine's step size in epoch: lr * decay^epoch. */
 float petreli_hw_lr(const petrel_hogwild_config *cfg, int64_t epoch);
 
@@ -81,9 +90,13 @@ typedef struct petreli_hw_mf {
 } petreli_hw_mf;
 double petreli_hw_mf_step(void *ctx, float *scratch, int64_t i, float lr, int64_t *nnz);
 
-/* PETREL_ERR_INVALID, with a message naming fn, when threads, epochs, lr, decay, l2
- * or the mode are out of range (hogwild.h lists the ranges). */
-petrel_err petreli_hw_check_config(const petrel_hogwild_config *c, const char *fn);
+/* PETREL_ERR_INVALID, with a message naming fn, when a field of c that the caller
+ * reads is out of range (hogwild.h lists the ranges): always threads, lr, decay and
+ * the mode, which the engine's passes and petreli_hw_lr read; epochs with
+ * PETRELI_HW_CHECK_EPOCHS in `also` (petreli_hw_run reads it), l2 with
+ * PETRELI_HW_CHECK_L2 (the models that take it from c). */
+enum { PETRELI_HW_CHECK_EPOCHS = 1u, PETRELI_HW_CHECK_L2 = 2u };
+petrel_err petreli_hw_check_config(const petrel_hogwild_config *c, unsigned also, const char *fn);
 
 /* The shared weights: relaxed loads and stores (hogwild.c explains why relaxed). */
 static inline float petreli_wload(_Atomic float *p) {

@@ -129,7 +129,7 @@ static void lin_evaluate(void *ctx, int64_t e, petrel_hogwild_epoch *ep) {
 static petrel_err lin_check(const petrel_dataset *train, const petrel_dataset *test,
                             const petrel_hogwild_config *c) {
     const char *fn = "petrel_hogwild_train";
-    petrel_err err = petreli_hw_check_config(c, fn);
+    petrel_err err = petreli_hw_check_config(c, PETRELI_HW_CHECK_EPOCHS | PETRELI_HW_CHECK_L2, fn);
     if (err) return err;
     if (c->model == PETREL_HOGWILD_MF)
         return petrel_error_set(PETREL_ERR_INVALID,

@@ -99,7 +99,7 @@ static petrel_err mf_check_set(const petrel_ratings *d, const char *which) {
 static petrel_err mf_check(const petrel_ratings *train, const petrel_ratings *test,
                            const petrel_hogwild_config *c, int rank) {
     const char *fn = "petrel_hogwild_train_mf";
-    petrel_err err = petreli_hw_check_config(c, fn);
+    petrel_err err = petreli_hw_check_config(c, PETRELI_HW_CHECK_EPOCHS | PETRELI_HW_CHECK_L2, fn);
     if (err) return err;
     if (rank < 1 || rank > 4096)
         return petrel_error_set(PETREL_ERR_INVALID, "%s: rank %d: expected 1 .. 4096", fn, rank);

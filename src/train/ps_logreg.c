@@ -26,7 +26,6 @@ typedef struct logreg_app {
     petreli_hw_linear lin; /* the step's context; lin.w is the replica (dim x cols) */
     petreli_hw_model hm;
     petreli_hw_engine *engine;
-    uint32_t *order; /* 0, 1, ..: the batch in the batcher's order */
     int64_t epoch;
 } logreg_app;
 
@@ -104,10 +103,8 @@ static petrel_err logreg_hogwild_step(logreg_app *la, petrel_ps_worker *w, const
     if (err != PETREL_OK) return err;
     petreli_ps_replica_load(la->lin.w, la->cols, la->keys, k, la->w);
     la->lin.X = x;
-    petreli_hw_tally t;
-    err =
-        petreli_hw_pass(la->engine, la->order, n, la->epoch, petreli_hw_lr(la->hw, la->epoch), &t);
-    if (err != PETREL_OK) return err;
+    petreli_hw_tally t; /* the batch in the batcher's order */
+    petreli_hw_pass(la->engine, NULL, n, la->epoch, petreli_hw_lr(la->hw, la->epoch), &t);
     *loss = t.loss / (double)n;
     petreli_ps_replica_delta(la->lin.w, la->cols, la->keys, k, la->w, la->grad);
     return petrel_ps_inc_rows(w, la->table, la->keys, k, la->grad);
@@ -183,7 +180,8 @@ petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
     const petrel_hogwild_config *hw = pc.hogwild;
     petrel_hogwild_model model = classes == 2 ? PETREL_HOGWILD_LOGREG : PETREL_HOGWILD_SOFTMAX;
     if (hw) {
-        petrel_err err = petreli_hw_check_config(hw, "ps logreg");
+        /* hw's epochs, seed and shuffle are not read (cfg's are) */
+        petrel_err err = petreli_hw_check_config(hw, PETRELI_HW_CHECK_L2, "ps logreg");
         if (err != PETREL_OK) return err;
         if (hw->model == PETREL_HOGWILD_MF || (hw->model == PETREL_HOGWILD_SVM && classes != 2))
             return petrel_error_set(PETREL_ERR_INVALID,
@@ -229,15 +227,11 @@ petrel_err petrel_train_ps_logreg(petrel_ps *ps, const petrel_dataset *train,
             .ctx = &la.lin, .step = petreli_hw_linear_step, .scratch = (size_t)cols};
         /* All-zero bits are 0.0f: calloc initializes the atomic floats. */
         la.lin.w = petrel_calloc((size_t)(train->dim * cols), sizeof *la.lin.w);
-        la.order = petrel_malloc((size_t)batch * sizeof *la.order);
-        err =
-            la.lin.w && la.order ? petreli_hw_engine_new(&la.engine, &la.hm, hw) : PETREL_ERR_NOMEM;
-        for (int64_t i = 0; err == PETREL_OK && i < batch; i++) la.order[i] = (uint32_t)i;
+        err = la.lin.w ? petreli_hw_engine_new(&la.engine, &la.hm, hw) : PETREL_ERR_NOMEM;
     }
     if (err == PETREL_OK) err = petreli_ps_run(ps, &la.base, cfg, pc, r);
     petreli_hw_engine_free(la.engine);
     petrel_free((void *)la.lin.w);
-    petrel_free(la.order);
     petrel_batcher_free(la.base.batcher);
     petrel_free(la.slot_of);
     petrel_free(la.keys);

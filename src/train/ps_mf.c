@@ -35,10 +35,7 @@ typedef struct mf_app {
 static int64_t mf_start_epoch(petreli_ps_app *a, int64_t epoch) {
     mf_app *ma = (mf_app *)a;
     int64_t n = ma->hi - ma->lo;
-    if (ma->cfg->shuffle)
-        petrel_epoch_order(ma->order, n, ma->cfg->seed, epoch);
-    else
-        for (int64_t i = 0; i < n; i++) ma->order[i] = (uint32_t)i;
+    petrel_epoch_order(ma->order, n, ma->cfg->shuffle, ma->cfg->seed, epoch);
     for (int64_t i = 0; i < n; i++) ma->order[i] += (uint32_t)ma->lo;
     ma->next = 0;
     ma->epoch = epoch;
@@ -88,19 +85,16 @@ static void mf_grad(mf_app *ma, const uint32_t *batch, int64_t n, int64_t nu, in
 }
 
 /* Hogwild! threads over the batch on the replica; gu and gv get the change. */
-static petrel_err mf_hogwild(mf_app *ma, const uint32_t *batch, int64_t n, int64_t nu, int64_t ni,
-                             double *se) {
+static void mf_hogwild(mf_app *ma, const uint32_t *batch, int64_t n, int64_t nu, int64_t ni,
+                       double *se) {
     int64_t R = ma->rank;
     petreli_ps_replica_load(ma->fac.L, R, ma->ukeys, nu, ma->u);
     petreli_ps_replica_load(ma->fac.R, R, ma->ikeys, ni, ma->v);
     petreli_hw_tally t;
-    petrel_err err =
-        petreli_hw_pass(ma->engine, batch, n, ma->epoch, petreli_hw_lr(ma->hw, ma->epoch), &t);
-    if (err != PETREL_OK) return err;
+    petreli_hw_pass(ma->engine, batch, n, ma->epoch, petreli_hw_lr(ma->hw, ma->epoch), &t);
     *se = t.loss;
     petreli_ps_replica_delta(ma->fac.L, R, ma->ukeys, nu, ma->u, ma->gu);
     petreli_ps_replica_delta(ma->fac.R, R, ma->ikeys, ni, ma->v, ma->gv);
-    return PETREL_OK;
 }
 
 static petrel_err mf_step(petreli_ps_app *a, petrel_ps_worker *w, double *loss, int64_t *samples) {
@@ -120,7 +114,7 @@ static petrel_err mf_step(petreli_ps_app *a, petrel_ps_worker *w, double *loss, 
     double se = 0;
     if (err == PETREL_OK) {
         if (ma->hw)
-            err = mf_hogwild(ma, batch, n, nu, ni, &se);
+            mf_hogwild(ma, batch, n, nu, ni, &se);
         else
             mf_grad(ma, batch, n, nu, ni, &se);
     }
@@ -173,8 +167,12 @@ petrel_err petrel_train_ps_mf(petrel_ps *ps, const petrel_ratings *train,
     if (test && (test->users > train->users || test->items > train->items))
         return petrel_error_set(PETREL_ERR_INVALID,
                                 "ps mf: the test set has users or items the training set lacks");
+    if (!(pc.mf_l2 >= 0) || !isfinite(pc.mf_l2))
+        return petrel_error_set(PETREL_ERR_INVALID, "ps mf: l2 %g: expected >= 0",
+                                (double)pc.mf_l2);
+    /* hw's epochs, seed and shuffle are not read (cfg's are), nor its l2 (mf_l2 is) */
     const petrel_hogwild_config *hw = pc.hogwild;
-    petrel_err err = hw ? petreli_hw_check_config(hw, "ps mf") : PETREL_OK;
+    petrel_err err = hw ? petreli_hw_check_config(hw, 0, "ps mf") : PETREL_OK;
     if (err != PETREL_OK) return err;
     mf_app ma = {.base = {.name = "mf",
                           .start_epoch = mf_start_epoch,

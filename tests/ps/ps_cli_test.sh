@@ -73,6 +73,14 @@ expect_rc "resume" 0 "$petrel" train "${mf[@]}" --epochs 4 --resume "$tmp/snap/s
 grep -q "resuming at clock" "$tmp/err" && ok "resume says where" || fail "resume says where" "$(tail -c 300 "$tmp/err")"
 [[ -n "$straight" && "$(field test_loss)" == "$straight" ]] && ok "resumed run matches ($straight)" ||
     fail "resumed run matches" "resumed $(field test_loss), uninterrupted $straight"
+# --l2 reaches mf's L2 on the factors: its default (0.02) given explicitly changes nothing,
+# another value changes the result (these BSP runs are deterministic, as resume shows).
+expect_rc "mf --l2 0.02" 0 "$petrel" train "${mf[@]}" --epochs 4 --l2 0.02 --out "$tmp/l2-default"
+[[ "$(field test_loss)" == "$straight" ]] && ok "--l2 0.02 is the default" ||
+    fail "--l2 0.02 is the default" "$(field test_loss) against $straight"
+expect_rc "mf --l2 0.3" 0 "$petrel" train "${mf[@]}" --epochs 4 --l2 0.3 --out "$tmp/l2-high"
+[[ -n "$(field test_loss)" && "$(field test_loss)" != "$straight" ]] && ok "--l2 0.3 changes mf" ||
+    fail "--l2 0.3 changes mf" "test loss $(field test_loss), as with 0.02"
 expect_rc "resume from nothing" 1 "$petrel" train --model mf --data "$tmp/r.txt" --servers 1 \
     --workers 1 --resume "$tmp/empty" --out "$tmp/none"
 

@@ -5,7 +5,7 @@
  * documented start and update rule exactly, the test RMSE near the noise in every
  * mode, determinism, bad inputs refused. Hogwild! threads inside parameter-server
  * workers (in-process jobs): one worker with one thread retraces the single-process
- * run, and 2 workers x 2 threads learn. */
+ * run, 2 workers x 2 threads learn, and mf takes its L2 from mf_l2. */
 #include "check.h"
 #include "inprocjob.h"
 #include "petrel/hogwild.h"
@@ -491,6 +491,33 @@ static void test_ps_workers_with_threads_learn(void) {
     if (check_current_failed) printf("# mf: test RMSE %.4f\n", r.test_loss);
 }
 
+/* mf through the parameter server takes its L2 from mf_l2 on the Hogwild! path too,
+ * and reads neither the Hogwild! config's epochs (0 is accepted: the run's are
+ * tc.epochs) nor its l2. One worker with one thread under BSP is deterministic. */
+static void test_ps_mf_reads_mf_l2(void) {
+    petrel_hogwild_config cfg = mf_config(PETREL_HOGWILD_LOCKFREE, 1);
+    cfg.epochs = 0;
+    double rmse[3];
+    for (int k = 0; k < 3; k++) {
+        cfg.l2 = k == 1 ? 0.5f : 0.0f;
+        ps_job j = ps_job_new(1, 1, &cfg);
+        j.tc.epochs = 2;
+        j.rtrain = &mf_train, j.rtest = &mf_test;
+        j.pc.mf_rank = 4;
+        j.pc.mf_l2 = k == 2 ? 0.5f : 1e-3f;
+        petrel_train_result r;
+        run_ps_job(&j, &r);
+        if (check_current_failed) return;
+        CHECK(r.epochs == 2);
+        rmse[k] = r.test_loss;
+    }
+    CHECK(rmse[0] == rmse[1]); /* the Hogwild! config's l2: not read */
+    CHECK(rmse[0] != rmse[2]); /* mf_l2: read */
+    if (check_current_failed)
+        printf("# test RMSE %.6f, Hogwild! l2 0.5 %.6f, mf_l2 0.5 %.6f\n", rmse[0], rmse[1],
+               rmse[2]);
+}
+
 /* svm needs two classes: every node refuses the job at once. */
 static void test_ps_hogwild_refuses(void) {
     petrel_hogwild_config cfg = petrel_hogwild_config_default();
@@ -528,6 +555,7 @@ int main(void) {
     RUN(test_mf_bad_input);
     RUN_SEEDED(test_ps_one_worker_retraces_one_process, seed);
     RUN_SEEDED(test_ps_workers_with_threads_learn, seed);
+    RUN_SEEDED(test_ps_mf_reads_mf_l2, seed);
     RUN(test_ps_hogwild_refuses);
     petrel_dataset_free(bin_train);
     petrel_dataset_free(bin_test);

@@ -37,8 +37,9 @@ static void train_usage(FILE *f) {
             "                      or softmax; the default for logreg and svm\n"
             "  --locked            Hogwild!'s baseline: a global lock around each update\n"
             "  --round-robin       Hogwild!'s baseline: threads take turns\n"
-            "  --l2 L2             Hogwild!: L2 on the coordinates (mf: rows) a sample\n"
-            "                      touches [0]\n"
+            "  --l2 L2             Hogwild!: L2 on the coordinates a sample touches [0];\n"
+            "                      mf: on the user and item rows a rating touches [0; with\n"
+            "                      --servers 0.02, with or without Hogwild! threads]\n"
             "  --decay D           Hogwild!: epoch e steps with lr * D^e, 0 < D <= 1 [0.9]\n"
             "  --test-fraction F   mf without --test: share of the ratings held out [0.1]\n"
             "  --seed S            seed for weights and data order [1]\n"
@@ -65,9 +66,12 @@ static void train_usage(FILE *f) {
             "  --resume DIR        continue from the newest complete snapshot in DIR\n"
             "  --rank R            mf: factor width [16]\n"
             "  with --servers, --model is mlp | cnn | softmax (dense tables), logreg (sparse\n"
-            "  logistic or softmax regression on libsvm data) or mf (--data: a ratings file);\n"
-            "  --threads T > 1 (logreg, svm, mf) or --hogwild (also softmax) runs Hogwild!\n"
-            "  threads in every worker, --batch samples per thread and clock (docs/hogwild.md)\n"
+            "  logistic or softmax regression on libsvm data), svm (sparse, two classes) or\n"
+            "  mf (--data: a ratings file);\n"
+            "  Hogwild! threads run in every worker (--threads T of them, --batch samples per\n"
+            "  thread and clock; docs/hogwild.md) for svm always, for logreg and mf with\n"
+            "  --threads T > 1, and for logreg, svm, softmax and mf with --hogwild, --locked\n"
+            "  or --round-robin\n"
             "\n"
             "  --progress          always draw the progress line [only on a terminal]\n"
             "  --no-progress       never draw it\n"
@@ -206,6 +210,7 @@ int cmd_train(int argc, char **argv) {
     float lr = 0, wd = 0;
     int hog_mode = -1; /* a petrel_hogwild_mode once --hogwild, --locked or --round-robin */
     float l2 = 0, decay = 0.9f; /* Hogwild!'s --l2 and --decay */
+    bool l2_given = false;      /* the parameter server's mf keeps its own default */
     float test_fraction = -1;   /* mf's --test-fraction; -1: not given */
     cli_ps_options pso = cli_ps_options_default();
     bool ps_flags = false; /* a parameter-server flag other than --servers was given */
@@ -334,6 +339,7 @@ int cmd_train(int argc, char **argv) {
         case OPT_L2:
             if (!cli_parse_f32(optarg, &l2) || !(l2 >= 0) || !isfinite(l2))
                 return cli_usage_error("train ", "--l2 wants a number >= 0, got '%s'", optarg);
+            l2_given = true;
             break;
         case OPT_DECAY:
             if (!cli_parse_f32(optarg, &decay) || !(decay > 0 && decay <= 1))
@@ -382,6 +388,8 @@ int cmd_train(int argc, char **argv) {
                                          "for the parameter server: add --servers S");
     if (pso.servers > 0) {
         pso.workers = workers;
+        /* mf reads its L2 from mf_l2 on both of its paths, mini-batch and Hogwild! */
+        if (l2_given && strcmp(mo.name, "mf") == 0) pso.train.mf_l2 = l2;
         /* Hogwild! threads in every worker: asked for with a mode flag, or by --threads
          * for the models that have no BLAS threads to give them to. */
         int hog_model;
