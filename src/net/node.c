@@ -33,7 +33,6 @@
 #include "petrel/launch.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,14 +68,6 @@ bool petreli_wait_until(petrel_net *net, uint64_t deadline_ns) {
     pthread_cond_timedwait(&net->cv, &net->mu, &ts);
     net->sleepers--;
     return true;
-}
-
-void petreli_poll_briefly(petrel_net *net) {
-    uint64_t seq = atomic_load(&net->mail_seq);
-    pthread_mutex_unlock(&net->mu);
-    uint64_t until = petrel_now_ns() + POLL_NS;
-    while (atomic_load(&net->mail_seq) == seq && petrel_now_ns() < until) sched_yield();
-    pthread_mutex_lock(&net->mu);
 }
 
 petrel_err petreli_dead_peer_error(petrel_net *net, int p) {

@@ -88,6 +88,7 @@ struct petrel_net {
     queued *free_queued;       /* spent queue nodes, for the next message */
     int sleepers;              /* threads blocked on cv (under mu) */
     _Atomic uint64_t mail_seq; /* bumped for every mailbox message and RPC reply */
+    _Atomic bool last_via_shm; /* the latest message came over shared memory */
     rpc_wait *rpcs;
     _Atomic uint64_t next_tag;
     uint32_t barrier_gen;  /* this node's next barrier */
@@ -115,10 +116,6 @@ const char *petreli_node_role(const petrel_net *net, int rank);
 uint64_t petreli_deadline_after(int timeout_ms);
 /* Waits on net->cv (mu held) until woken or the deadline; false once it has passed. */
 bool petreli_wait_until(petrel_net *net, uint64_t deadline_ns);
-/* Before the first sleep of a wait (mu held): polls briefly for a new message, since
- * waking a thread from a condition variable costs about as much as a whole
- * shared-memory round trip. Returns with mu held. */
-void petreli_poll_briefly(petrel_net *net);
 /* PETREL_ERR_IO naming peer p and why it is gone. */
 petrel_err petreli_dead_peer_error(petrel_net *net, int p);
 /* Marks p dead once: wakes waiters, logs, runs the failure callback, and on rank 0
