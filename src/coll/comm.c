@@ -433,6 +433,11 @@ static petrel_err mismatch(petreli_coll_call *call, int from, const petreli_coll
 
 enum { TAKEN = 0, CONSUMED = 1 };
 
+/* The member that sent m, or -1 when its sender is not a member. */
+static int sender_member(const petrel_comm *c, const petrel_msg *m) {
+    return m->src >= 0 && m->src < c->net_size ? c->member_of[m->src] : -1;
+}
+
 /* Fails the call with the reason in member from's ABORT m (released), which was
  * sent in this call or, when h->seq is the call before, in that one. */
 static petrel_err aborted(petreli_coll_call *call, petrel_msg *m, int from,
@@ -555,7 +560,7 @@ static petrel_err better_story(petreli_coll_call *call, petrel_err err) {
     petrel_msg m;
     while (petrel_net_recv(c->net, PETREL_ANY_SOURCE, PETREL_MSG_COLL, call->id, &m, 0) ==
            PETREL_OK) {
-        int from = m.src >= 0 && m.src < c->net_size ? c->member_of[m.src] : -1;
+        int from = sender_member(c, &m);
         if (from < 0 || from == c->rank) {
             petrel_msg_release(&m);
             continue;
@@ -571,7 +576,7 @@ static petrel_err better_story(petreli_coll_call *call, petrel_err err) {
     uint32_t prev = call_id(c, call->want.seq - 1);
     while (call->want.seq > 1 &&
            petrel_net_recv(c->net, PETREL_ANY_SOURCE, PETREL_MSG_COLL, prev, &m, 0) == PETREL_OK) {
-        int from = m.src >= 0 && m.src < c->net_size ? c->member_of[m.src] : -1;
+        int from = sender_member(c, &m);
         petreli_coll_header h;
         if (from >= 0 && from != c->rank && m.len >= PETRELI_COLL_HEADER &&
             petreli_coll_header_decode(m.data, &h) && h.kind == PETRELI_COLL_ABORT &&
@@ -641,7 +646,7 @@ petrel_err petreli_coll_recv(petreli_coll_call *call, int src, size_t n, petreli
             snprintf(net_why, sizeof net_why, "%s", petrel_errmsg());
             return petreli_coll_fail(call, err, "%s", net_why);
         }
-        int from = m.src >= 0 && m.src < c->net_size ? c->member_of[m.src] : -1;
+        int from = sender_member(c, &m);
         if (from < 0 || from == c->rank) { /* not a member: not ours to judge */
             petrel_msg_release(&m);
             continue;

@@ -115,20 +115,30 @@ static void outbox_fini(outbox *o) {
     petrel_free(o->values);
 }
 
+/* Room for need rows in keys and, unless values is NULL, rows of cols floats in
+ * *values: capacities double from first. What is there stays on failure. */
+static petrel_err rows_grow(uint64_t **keys, float **values, int64_t *cap, int64_t need,
+                            int64_t first, int64_t cols) {
+    if (need <= *cap) return PETREL_OK;
+    int64_t c = *cap ? *cap : first;
+    while (c < need) c *= 2;
+    uint64_t *k = petrel_realloc(*keys, (size_t)c * sizeof *k);
+    if (!k) return PETREL_ERR_NOMEM;
+    *keys = k;
+    if (values) {
+        float *v = petrel_realloc(*values, (size_t)(c * cols) * sizeof *v);
+        if (!v) return PETREL_ERR_NOMEM;
+        *values = v;
+    }
+    *cap = c;
+    return PETREL_OK;
+}
+
 static petrel_err outbox_add(outbox *o, int server, uint64_t key, const float *row) {
     int64_t i = o->n[server];
-    if (i == o->cap[server]) {
-        int64_t cap = i ? 2 * i : o->first;
-        uint64_t *k = petrel_realloc(o->keys[server], (size_t)cap * sizeof *k);
-        if (!k) return PETREL_ERR_NOMEM;
-        o->keys[server] = k;
-        if (o->values) {
-            float *v = petrel_realloc(o->values[server], (size_t)(cap * o->cols) * sizeof *v);
-            if (!v) return PETREL_ERR_NOMEM;
-            o->values[server] = v;
-        }
-        o->cap[server] = cap;
-    }
+    petrel_err err = rows_grow(&o->keys[server], o->values ? &o->values[server] : NULL,
+                               &o->cap[server], i + 1, o->first, o->cols);
+    if (err != PETREL_OK) return err;
     o->keys[server][i] = key;
     if (o->values) memcpy(o->values[server] + i * o->cols, row, (size_t)o->cols * sizeof(float));
     o->n[server] = i + 1;
@@ -211,17 +221,8 @@ static bool batchable(const petrel_ps *ps, const ps_table *t, int64_t n) {
 
 static petrel_err batches_append(ps_batches *b, int64_t cols, const uint64_t *keys, int64_t n,
                                  const float *deltas) {
-    if (n > b->cap - b->n) {
-        int64_t cap = b->cap ? b->cap : BATCH_MIN_KEYS;
-        while (cap < b->n + n) cap *= 2;
-        uint64_t *k = petrel_realloc(b->keys, (size_t)cap * sizeof *k);
-        if (!k) return PETREL_ERR_NOMEM;
-        b->keys = k;
-        float *v = petrel_realloc(b->values, (size_t)(cap * cols) * sizeof *v);
-        if (!v) return PETREL_ERR_NOMEM;
-        b->values = v;
-        b->cap = cap;
-    }
+    petrel_err err = rows_grow(&b->keys, &b->values, &b->cap, b->n + n, BATCH_MIN_KEYS, cols);
+    if (err != PETREL_OK) return err;
     memcpy(b->keys + b->n, keys, (size_t)n * sizeof *keys);
     memcpy(b->values + b->n * cols, deltas, (size_t)(n * cols) * sizeof *deltas);
     b->n += n;

@@ -133,6 +133,8 @@ struct petrel_ps {
     petrel_err failure;    /* first error a handler met, reported by serve */
     float *rows_buf;       /* the values of the ROWS being sent, reused (server.c) */
     size_t rows_cap;       /* floats */
+    uint64_t *rows_keys;   /* their keys, when pushed by slot (server.c), reused */
+    size_t rows_keys_cap;  /* keys */
 
     /* workers */
     pthread_mutex_t flush_mu; /* taken before mu by whoever sends deltas (client.c) */

@@ -76,15 +76,23 @@ static bool take_request(petrel_ps *ps, const petrel_msg *m, bool with_values, r
 }
 
 /* Room for n rows of cols floats in ps->rows_buf, the values of the ROWS being
- * sent: one buffer that every send reuses (a send is done with it on return), so
- * that serving rows allocates nothing once it has grown. Call with ps->mu held. */
-static petrel_err rows_room(petrel_ps *ps, int64_t n, int64_t cols) {
-    size_t need = (size_t)(n ? n : 1) * (size_t)cols;
-    if (ps->rows_cap >= need) return PETREL_OK;
-    float *b = petrel_realloc(ps->rows_buf, need * sizeof *b);
-    if (!b) return petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for %zu floats", need);
-    ps->rows_buf = b;
-    ps->rows_cap = need;
+ * sent, and with_keys, for their n keys in ps->rows_keys: buffers that every send
+ * reuses (a send is done with them on return), so that serving rows allocates
+ * nothing once they have grown. Call with ps->mu held. */
+static petrel_err rows_room(petrel_ps *ps, int64_t n, int64_t cols, bool with_keys) {
+    size_t rows = (size_t)(n ? n : 1), need = rows * (size_t)cols;
+    if (ps->rows_cap < need) {
+        float *b = petrel_realloc(ps->rows_buf, need * sizeof *b);
+        if (!b) return petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for %zu floats", need);
+        ps->rows_buf = b;
+        ps->rows_cap = need;
+    }
+    if (with_keys && ps->rows_keys_cap < rows) {
+        uint64_t *k = petrel_realloc(ps->rows_keys, rows * sizeof *k);
+        if (!k) return petrel_error_set(PETREL_ERR_NOMEM, "ps: out of memory for %zu keys", rows);
+        ps->rows_keys = k;
+        ps->rows_keys_cap = rows;
+    }
     return PETREL_OK;
 }
 
@@ -94,7 +102,7 @@ static petrel_err send_rows(petrel_ps *ps, int worker, uint32_t table, const uin
                             int64_t n) {
     ps_table *t = &ps->tables[table];
     int64_t cols = t->spec.cols;
-    petrel_err err = rows_room(ps, n, cols);
+    petrel_err err = rows_room(ps, n, cols, false);
     if (err == PETREL_OK)
         err = petreli_ps_store_gather(t->store, keys, n, ps->rows_buf, NULL, &t->hints[worker].get);
     if (err == PETREL_OK)
@@ -153,9 +161,8 @@ static petrel_err push_rows(petrel_ps *ps) {
         ps_table *t = &ps->tables[ti];
         if (!t->spec.push) continue;
         int64_t count = petreli_ps_store_count(t->store), cols = t->spec.cols;
-        if ((err = rows_room(ps, count, cols)) != PETREL_OK) return err;
-        uint64_t *keys = petrel_malloc((size_t)(count ? count : 1) * sizeof *keys);
-        if (!keys) return PETREL_ERR_NOMEM;
+        if ((err = rows_room(ps, count, cols, true)) != PETREL_OK) return err;
+        uint64_t *keys = ps->rows_keys;
         for (int w = 0; w < ps->workers && err == PETREL_OK; w++) {
             if (ps->worker_clock[w] == PS_FINISHED) continue;
             int64_t n = 0;
@@ -170,7 +177,6 @@ static petrel_err push_rows(petrel_ps *ps) {
                 err = petreli_ps_send(ps, 1 + ps->servers + w, PS_ROWS, (uint32_t)ti, ps->clock,
                                       keys, n, ps->rows_buf, cols);
         }
-        petrel_free(keys);
     }
     return err;
 }
@@ -424,5 +430,6 @@ void petreli_ps_server_fini(petrel_ps *ps) {
         petrel_free(g);
     }
     petrel_free(ps->rows_buf);
+    petrel_free(ps->rows_keys);
     petrel_free(ps->worker_clock);
 }
