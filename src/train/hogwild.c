@@ -30,6 +30,7 @@ typedef struct hw_shared {
     /* read by every sample, written only between passes */
     const petreli_hw_model *m;
     const petrel_hogwild_config *cfg;
+    int threads; /* cfg->threads when the engine started: what wk and the threads are sized by */
     const uint32_t *order; /* this pass's samples; NULL: 0, 1, .. */
     int64_t epoch;
     float lr;
@@ -90,7 +91,7 @@ static inline void hw_sample(const hw_shared *s, const hw_worker *wk, int64_t po
 static void hw_part(hw_worker *wk) {
     hw_shared *s = &wk->e->s;
     petreli_hw_tally t = {0, 0, 0};
-    if (s->cfg->threads == 1 || s->cfg->mode == PETREL_HOGWILD_LOCKFREE) {
+    if (s->threads == 1 || s->cfg->mode == PETREL_HOGWILD_LOCKFREE) {
         for (int64_t p = wk->begin; p < wk->end; p++) hw_sample(s, wk, p, &t);
     } else if (s->cfg->mode == PETREL_HOGWILD_LOCKED) {
         for (int64_t p = wk->begin; p < wk->end; p++) {
@@ -103,7 +104,7 @@ static void hw_part(hw_worker *wk) {
          * used up still takes its turns, so that the others are not left waiting.
          * The acquire/release pair orders each turn after the one before it, which
          * makes the run equal to a serial one in this fixed interleaving. */
-        const uint64_t T = (uint64_t)s->cfg->threads;
+        const uint64_t T = (uint64_t)s->threads;
         for (int64_t k = 0; k < s->rounds; k++) {
             uint64_t mine = (uint64_t)k * T + (uint64_t)wk->id;
             for (unsigned spins = 0; atomic_load_explicit(&s->ticket, memory_order_acquire) != mine;
@@ -212,7 +213,7 @@ petrel_err petreli_hw_engine_new(petreli_hw_engine **out, const petreli_hw_model
      * every thread's scratch, whole lines from the block's start, begin on a line. */
     petreli_hw_engine *e = petrel_calloc(1, sizeof *e);
     if (!e) return PETREL_ERR_NOMEM;
-    e->s = (hw_shared){.m = m, .cfg = cfg};
+    e->s = (hw_shared){.m = m, .cfg = cfg, .threads = T};
     atomic_init(&e->s.ticket, 0);
     e->per_thread = (lines > 0 ? lines : 1) * fpl;
     e->wk = petrel_calloc((size_t)T, sizeof *e->wk);
@@ -267,7 +268,7 @@ void petreli_hw_engine_free(petreli_hw_engine *e) {
 void petreli_hw_pass(petreli_hw_engine *e, const uint32_t *order, int64_t n, int64_t epoch,
                      float lr, petreli_hw_tally *out) {
     PETREL_ASSERT(n >= 0, "a pass over n >= 0 samples");
-    const int T = e->s.cfg->threads;
+    const int T = e->s.threads;
     hw_shared *s = &e->s;
     hw_worker *wk = e->wk;
     s->order = order;

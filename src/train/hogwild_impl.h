@@ -47,10 +47,10 @@ typedef struct petreli_hw_tally {
  * and petreli_hw_run's. petreli_hw_engine_new starts cfg->threads - 1 threads, which
  * wait between passes; the caller's thread is thread 0 of every pass.
  * petreli_hw_engine_free ends and joins them. m and cfg are borrowed until the engine
- * is freed; cfg->threads must not change, the rest of m, cfg and m->ctx's data may
- * between passes (a pass hands them to its threads, and the threads' updates back to
- * the caller, under one mutex).
- * Not thread-safe: one thread makes the engine, runs its passes and frees it.
+ * is freed; the engine keeps its thread count, so a later change of cfg->threads is
+ * not seen; the rest of m, cfg and m->ctx's data may change between passes (a pass
+ * hands them to its threads, and the threads' updates back to the caller, under one
+ * mutex). Not thread-safe: one thread makes the engine, runs its passes and frees it.
  * Errors: PETREL_ERR_NOMEM (also a thread that could not start). */
 typedef struct petreli_hw_engine petreli_hw_engine;
 petrel_err petreli_hw_engine_new(petreli_hw_engine **out, const petreli_hw_model *m,
