@@ -180,7 +180,10 @@ PETREL_NODISCARD petrel_err petrel_net_sendv(petrel_net *net, int dst, uint8_t t
 
 /* Takes the oldest mailbox message of type from src (or PETREL_ANY_SOURCE) with id
  * (or PETREL_ANY_ID), waiting up to timeout_ms. The caller releases it. Fails with
- * PETREL_ERR_IO when src has died, PETREL_ERR_TIMEOUT naming what it waited for. */
+ * PETREL_ERR_IO when src has died, PETREL_ERR_TIMEOUT naming what it waited for.
+ * Waiting for one src over TCP, the calling thread reads src's socket itself while
+ * the I/O thread stands aside (messages of handled types still go to the I/O
+ * thread), so a stream costs the receiver one thread. */
 PETREL_NODISCARD petrel_err petrel_net_recv(petrel_net *net, int src, uint8_t type, uint32_t id,
                                             petrel_msg *out, int timeout_ms);
 

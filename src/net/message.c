@@ -432,6 +432,17 @@ void petreli_ev_link_lost(void *ctx, int src, const char *why) {
     petreli_declare_dead(net, src, why);
 }
 
+bool petreli_ev_may_pump(void *ctx, int src, const petreli_wire_header *h) {
+    (void)src;
+    petrel_net *net = ((via *)ctx)->net;
+    if (h->type < PETREL_MSG_USER) return false; /* protocol: may declare deaths, call back */
+    if (h->flags & PETRELI_FLAG_RPC_REPLY) return true;
+    pthread_mutex_lock(&net->mu);
+    bool mailbox = net->handlers[h->type].fn == NULL;
+    pthread_mutex_unlock(&net->mu);
+    return mailbox;
+}
+
 void petreli_ev_rejected(void *ctx, const char *why) {
     via *v = ctx;
     atomic_fetch_add(&v->net->rejected, 1);
@@ -491,6 +502,16 @@ static void poll_briefly(petrel_net *net) {
     pthread_mutex_lock(&net->mu);
 }
 
+/* The link that src's messages come over, when a thread waiting for one may read
+ * it itself (pump): TCP, not shared memory (whose receive thread only copies out of
+ * a ring), nor this node. ops is NULL otherwise. */
+static net_link pump_link(petrel_net *net, int src) {
+    net_link none = {NULL, NULL};
+    if (src == PETREL_ANY_SOURCE || src == net->rank || !net->primary.ops->pump) return none;
+    if (net->shm.ops && net->shm.ops->connected(net->shm.t, src)) return none;
+    return net->primary;
+}
+
 static bool matches(const petrel_msg *m, int src, uint8_t type, uint32_t id) {
     return m->type == type && (src == PETREL_ANY_SOURCE || m->src == src) &&
            (id == PETREL_ANY_ID || m->id == id);
@@ -504,6 +525,7 @@ petrel_err petrel_net_recv(petrel_net *net, int src, uint8_t type, uint32_t id, 
     if (timeout_ms < 0) return petrel_error_set(PETREL_ERR_INVALID, "timeout must be >= 0 ms");
     uint64_t deadline = petreli_deadline_after(timeout_ms);
     bool polled = timeout_ms == 0;
+    net_link pump = timeout_ms > 0 ? pump_link(net, src) : (net_link){NULL, NULL};
     pthread_mutex_lock(&net->mu);
     for (;;) {
         queued *prev = NULL;
@@ -523,6 +545,23 @@ petrel_err petrel_net_recv(petrel_net *net, int src, uint8_t type, uint32_t id, 
         if (src != PETREL_ANY_SOURCE && src != net->rank && !atomic_load(&net->peers[src].alive)) {
             pthread_mutex_unlock(&net->mu);
             return petreli_dead_peer_error(net, src);
+        }
+        if (pump.ops) {
+            /* Read src's link here until a message comes, as poll_briefly would
+             * poll, then sleep in the kernel; once the link is the transport
+             * thread's again (nothing came, or a frame for a handler), sleep here. */
+            uint64_t now = petrel_now_ns();
+            uint64_t spin_until = sent_since_wait ? now + POLL_NS : 0;
+            uint64_t until = now + PUMP_SLICE_NS < deadline ? now + PUMP_SLICE_NS : deadline;
+            sent_since_wait = false;
+            pthread_mutex_unlock(&net->mu);
+            petreli_pump_result r = pump.ops->pump(pump.t, src, spin_until, until);
+            pthread_mutex_lock(&net->mu);
+            if (r != PETRELI_PUMP_MESSAGE) {
+                pump.ops = NULL;
+                polled = true;
+            }
+            continue; /* the mailbox may have changed while mu was not held */
         }
         if (!polled) {
             poll_briefly(net);

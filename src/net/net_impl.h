@@ -75,7 +75,8 @@ uint32_t petreli_crc32c(uint32_t crc, const void *data, size_t len);
 
 /* ---- the transport interface ------------------------------------------------ */
 
-/* What a transport reports to the node. Called on the transport's own threads. */
+/* What a transport reports to the node. Called on the transport's own threads, and
+ * for frames of a link being pumped (pump below) on the pumping thread. */
 typedef struct petreli_transport_events {
     void *ctx;
     /* A validated header from rank peer: returns where its h->frame_len payload bytes
@@ -92,7 +93,18 @@ typedef struct petreli_transport_events {
     /* A connection was refused before authentication (bad token, garbage, wrong
      * version); the transport has closed it and keeps serving the others. */
     void (*on_rejected)(void *ctx, const char *why);
+    /* Whether a frame like h may be delivered on a thread that waits in pump(): true
+     * when delivering it runs none of the application's code (it goes to the mailbox
+     * or to an RPC waiter, not to a handler). May be NULL (never). */
+    bool (*may_pump)(void *ctx, int peer, const petreli_wire_header *h);
 } petreli_transport_events;
+
+/* What pump() did. */
+typedef enum petreli_pump_result {
+    PETRELI_PUMP_MESSAGE, /* a message from the peer was delivered */
+    PETRELI_PUMP_IDLE,    /* none came by until_ns */
+    PETRELI_PUMP_BUSY,    /* the link is the transport thread's to read now: wait for it */
+} petreli_pump_result;
 
 typedef struct petreli_transport_config {
     int rank, size;
@@ -134,6 +146,15 @@ typedef struct petreli_transport_ops {
     void (*quiesce)(void *t);
     /* Closes everything and joins the transport's threads. */
     void (*close)(void *t);
+    /* Reads the link from peer on the calling thread, which waits for a message from
+     * it, while the transport's thread stands aside: a stream then costs the receiver
+     * one thread, not two and a hand-over per message. Returns after one message was
+     * delivered (the calling thread keeps the link for its next wait, for a short
+     * while), or at until_ns, or at once when the link cannot be read here (what comes
+     * next is for a handler, the link failed, the transport's thread is busy with it);
+     * in the last two cases the link goes back to the transport's thread. Polls until
+     * spin_until_ns before it sleeps. May be NULL (not supported). */
+    petreli_pump_result (*pump)(void *t, int peer, uint64_t spin_until_ns, uint64_t until_ns);
 } petreli_transport_ops;
 
 extern const petreli_transport_ops petreli_transport_tcp;

@@ -268,7 +268,8 @@ static petrel_err open_transports(petrel_net *net, const char *host, int port, i
     petreli_transport_events ev = {.frame_begin = petreli_ev_frame_begin,
                                    .frame_done = petreli_ev_frame_done,
                                    .on_link_lost = petreli_ev_link_lost,
-                                   .on_rejected = petreli_ev_rejected};
+                                   .on_rejected = petreli_ev_rejected,
+                                   .may_pump = petreli_ev_may_pump};
     node_entry *me = &net->table[net->rank];
     net->primary.ops = net->cfg.transport == PETREL_TRANSPORT_INPROC ? &petreli_transport_inproc
                                                                      : &petreli_transport_tcp;

@@ -16,6 +16,7 @@
 #define CONTROL_SEND_MS 1000        /* bound on a protocol send from an internal thread */
 #define TICK_MS         20          /* the monitor thread's period */
 #define POLL_NS         50000       /* how long a wait polls before it sleeps */
+#define PUMP_SLICE_NS   2000000     /* how long a wait reads its peer's link before it sleeps */
 #define LINGER_MS       300         /* bound on waiting for the peers' BYEs when stopping */
 #define BYE_GRACE_MS    500         /* bound on waiting for a departed peer's shm to drain */
 
@@ -146,5 +147,6 @@ void *petreli_ev_frame_begin(void *ctx, int src, const petreli_wire_header *h);
 void petreli_ev_frame_done(void *ctx, int src, const petreli_wire_header *h, void *payload);
 void petreli_ev_link_lost(void *ctx, int src, const char *why);
 void petreli_ev_rejected(void *ctx, const char *why);
+bool petreli_ev_may_pump(void *ctx, int src, const petreli_wire_header *h);
 
 #endif

@@ -16,7 +16,8 @@
  * between two I/O threads from 1.7x to 1.2x a plain socket pair's round trip; 16 KiB
  * was no faster at 64 KiB messages and slower on round trips).
  * connect() does the connector's handshake blocking in the calling thread and then
- * hands the socket to the I/O thread.
+ * hands the socket to the I/O thread. A thread that waits for a message from one
+ * peer may read that peer's socket itself instead (the read lease, tcp_pump).
  *
  * Sending. send() writes from the caller's thread, header and caller's iov in one sendmsg,
  * without copying; frames to one peer are serialized by the connection's `sending`
@@ -36,6 +37,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +208,12 @@ static bool conn_drop(petreli_tcp_transport *t, petreli_tcp_conn *c, const char 
     if (was_link) t->links[c->peer] = NULL;
     pthread_mutex_unlock(&t->mu);
     if (atomic_exchange(&c->closing, true)) atomic_fetch_sub(&t->closing_count, 1);
+    pthread_mutex_lock(&c->smu);
+    if (c->leased) {
+        c->leased = false;
+        atomic_fetch_sub(&t->leases, 1);
+    }
+    pthread_mutex_unlock(&c->smu);
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     /* Wakes a sender blocked in poll on this socket: its next write fails. */
     shutdown(c->fd, SHUT_RDWR);
@@ -230,18 +238,28 @@ static bool conn_drop(petreli_tcp_transport *t, petreli_tcp_conn *c, const char 
 }
 
 /* A whole header is at c->rbuf + c->rb_off: validate it and ask the node where the
- * payload goes. False when the connection was dropped. */
-static bool frame_start(petreli_tcp_transport *t, petreli_tcp_conn *c) {
+ * payload goes. False when the connection was dropped, or for a pump, when the
+ * frame is not the pump's to read (it stays in the read-ahead for the I/O thread,
+ * which drops the connection if the header is bad). */
+static bool frame_start(petreli_tcp_transport *t, petreli_tcp_conn *c, bool pump) {
     petreli_wire_header h;
     const unsigned char *hdr = c->rbuf + c->rb_off;
+    bool valid = petreli_wire_decode(hdr, &t->limits, &h) == PETREL_OK;
+    if (pump && (!valid || h.src != (uint32_t)c->peer || !t->ev.may_pump ||
+                 !t->ev.may_pump(t->ev.ctx, c->peer, &h) || atomic_load(&c->closing)))
+        return false;
     c->rb_off += PETRELI_WIRE_HEADER;
-    if (petreli_wire_decode(hdr, &t->limits, &h) != PETREL_OK)
+    if (!valid)
         return conn_drop(t, c, "protocol error: bad frame header from rank %d: %s", c->peer,
                          petrel_errmsg());
     if (h.src != (uint32_t)c->peer)
         return conn_drop(t, c, "protocol error: a frame from source rank %u on the link of rank %d",
                          h.src, c->peer);
     void *dst = t->ev.frame_begin(t->ev.ctx, c->peer, &h);
+    if (pump && !dst) { /* the I/O thread asks again, and drops the connection */
+        c->rb_off -= PETRELI_WIRE_HEADER;
+        return false;
+    }
     if (atomic_load(&c->closing)) return conn_drop(t, c, "disconnected");
     if (!dst)
         return conn_drop(t, c,
@@ -255,11 +273,12 @@ static bool frame_start(petreli_tcp_transport *t, petreli_tcp_conn *c) {
 }
 
 /* One read of the socket into iov: the bytes read, 0 when there were none (EAGAIN),
- * or -1 when the connection was dropped. *drained is set after a short read or when
- * this wakeup's budget is spent: the caller then consumes what it has and stops
- * (level-triggered epoll calls again while bytes are waiting). */
+ * or -1 when the connection was dropped (for a pump: when it failed; the I/O thread
+ * reads the end of the stream again and drops it, a reset then reading as a close). *drained is set
+ * after a short read or when this wakeup's budget is spent: the caller then consumes what it has
+ * and stops (level-triggered epoll calls again while bytes are waiting). */
 static ssize_t conn_recv(petreli_tcp_transport *t, petreli_tcp_conn *c, struct iovec *iov, int n,
-                         bool *drained, size_t *budget) {
+                         bool *drained, size_t *budget, bool pump) {
     size_t want = iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0);
     for (;;) {
         ssize_t r = readv(c->fd, iov, n);
@@ -270,6 +289,7 @@ static ssize_t conn_recv(petreli_tcp_transport *t, petreli_tcp_conn *c, struct i
         }
         if (r < 0 && errno == EINTR) continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+        if (pump) return -1;
         bool mid = c->in_frame || c->rb_off < c->rb_len;
         conn_drop(t, c, "%s",
                   r < 0 ? strerror(errno)
@@ -279,13 +299,24 @@ static ssize_t conn_recv(petreli_tcp_transport *t, petreli_tcp_conn *c, struct i
     }
 }
 
-/* Reads frames until the socket is drained or this wakeup's budget is spent.
- * Payloads are read straight into the node's buffers; each of those reads also
- * fills the read-ahead buffer with what follows (the next headers, small payloads),
- * so that a stream of small frames costs one read for many frames, and a large
- * frame is copied at most PETRELI_TCP_RBUF_BYTES of it. False when the connection was dropped. */
-static bool conn_read(petreli_tcp_transport *t, petreli_tcp_conn *c) {
-    size_t budget = READ_BUDGET;
+/* How conn_read stopped. */
+typedef enum read_end {
+    READ_AGAIN,    /* the socket is drained, or the wakeup's budget spent */
+    READ_DROPPED,  /* the connection was dropped */
+    READ_MESSAGE,  /* pump: the last frame of a message was delivered */
+    READ_HANDBACK, /* pump: what comes next is the I/O thread's to read */
+} read_end;
+
+/* Reads frames until the socket is drained or this wakeup's budget is spent; a
+ * pump (tcp_pump's thread) reads until a message is complete instead, and leaves
+ * anything that is not its to read where it is. Payloads are read straight into the
+ * node's buffers; each of those reads also fills the read-ahead buffer with what
+ * follows (the next headers, small payloads), so that a stream of small frames
+ * costs one read for many frames, and a large frame is copied at most
+ * PETRELI_TCP_RBUF_BYTES of it. */
+static read_end conn_read(petreli_tcp_transport *t, petreli_tcp_conn *c, bool pump) {
+    read_end failed = pump ? READ_HANDBACK : READ_DROPPED;
+    size_t budget = pump ? SIZE_MAX : READ_BUDGET;
     bool drained = false;
     for (;;) {
         size_t avail = c->rb_len - c->rb_off;
@@ -297,11 +328,11 @@ static bool conn_read(petreli_tcp_transport *t, petreli_tcp_conn *c) {
                 c->rb_off += k;
                 c->payload_have += k;
             } else if (need > 0) {
-                if (drained) return true;
+                if (drained) return READ_AGAIN;
                 struct iovec iov[2] = {{c->payload + c->payload_have, need},
                                        {c->rbuf, PETRELI_TCP_RBUF_BYTES}};
-                ssize_t r = conn_recv(t, c, iov, 2, &drained, &budget);
-                if (r <= 0) return r == 0;
+                ssize_t r = conn_recv(t, c, iov, 2, &drained, &budget, pump);
+                if (r <= 0) return r == 0 ? READ_AGAIN : failed;
                 size_t k = (size_t)r < need ? (size_t)r : need;
                 c->payload_have += k;
                 c->rb_off = 0;
@@ -310,18 +341,23 @@ static bool conn_read(petreli_tcp_transport *t, petreli_tcp_conn *c) {
             if (c->payload_have == c->h.frame_len) {
                 c->in_frame = false;
                 t->ev.frame_done(t->ev.ctx, c->peer, &c->h, c->payload);
-                if (atomic_load(&c->closing)) return conn_drop(t, c, "disconnected");
+                if (atomic_load(&c->closing)) {
+                    if (pump) return READ_HANDBACK;
+                    conn_drop(t, c, "disconnected");
+                    return READ_DROPPED;
+                }
+                if (pump && !(c->h.flags & PETRELI_FLAG_MORE)) return READ_MESSAGE;
             }
         } else if (avail >= PETRELI_WIRE_HEADER) {
-            if (!frame_start(t, c)) return false;
+            if (!frame_start(t, c, pump)) return failed;
         } else {
-            if (drained) return true;
+            if (drained) return READ_AGAIN;
             memmove(c->rbuf, c->rbuf + c->rb_off, avail);
             c->rb_off = 0;
             c->rb_len = avail;
             struct iovec iov = {c->rbuf + avail, PETRELI_TCP_RBUF_BYTES - avail};
-            ssize_t r = conn_recv(t, c, &iov, 1, &drained, &budget);
-            if (r <= 0) return r == 0;
+            ssize_t r = conn_recv(t, c, &iov, 1, &drained, &budget, pump);
+            if (r <= 0) return r == 0 ? READ_AGAIN : failed;
             c->rb_len += (size_t)r;
         }
     }
@@ -329,10 +365,17 @@ static bool conn_read(petreli_tcp_transport *t, petreli_tcp_conn *c) {
 
 /* ---- sending ------------------------------------------------------------------- */
 
+/* The events the I/O thread waits for on c, given its lease and whether EPOLLOUT
+ * is wanted; c->smu held. */
+static struct epoll_event conn_events(petreli_tcp_conn *c, bool out) {
+    return (struct epoll_event){.events = (c->leased ? 0 : EPOLLIN) | (out ? EPOLLOUT : 0),
+                                .data.ptr = c};
+}
+
 /* Registers or clears interest in EPOLLOUT; call with c->smu held. */
 static void arm_out(petreli_tcp_transport *t, petreli_tcp_conn *c, bool on) {
     if (c->out_armed == on) return;
-    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
+    struct epoll_event ev = conn_events(c, on);
     if (epoll_ctl(t->epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->out_armed = on;
 }
 
@@ -501,6 +544,123 @@ done:
     return err;
 }
 
+/* ---- the read lease ---------------------------------------------------------- */
+
+/*
+ * A thread that waits in petrel_net_recv for a message from one peer reads that
+ * peer's socket itself (tcp_pump), and keeps it between waits: the connection's
+ * EPOLLIN interest is switched off, so the I/O thread stands aside. A stream then
+ * costs the receiving process one thread, as a plain socket does. With the I/O
+ * thread reading and handing each message to the waiting thread, a 64 KiB stream
+ * kept three threads busy on loopback (sender, I/O thread, receiver), and on two
+ * cores its speed depended on where the scheduler put them.
+ *
+ * The pumping thread reads under io_mu, like the I/O thread, and only frames that
+ * the node would put in its mailbox: a frame for a handler, petrel's own messages,
+ * a bad header or a failed socket end the lease, and the I/O thread reads them. A
+ * lease ends too when its thread stops waiting: when a pump finds nothing within its
+ * slice, or when LEASE_IDLE_NS pass without one (the I/O thread checks each
+ * millisecond while leases are out).
+ */
+
+#define LEASE_IDLE_NS 1000000
+#define IO_MU_TRIES   64 /* attempts to take io_mu, with a yield between, before giving up */
+
+/* Switches the I/O thread's EPOLLIN interest in c off (lease) or back on. */
+static void lease_set(petreli_tcp_transport *t, petreli_tcp_conn *c, bool leased) {
+    bool first = false;
+    pthread_mutex_lock(&c->smu);
+    if (c->leased != leased && !atomic_load(&c->closing)) {
+        c->leased = leased;
+        struct epoll_event ev = conn_events(c, c->out_armed);
+        (void)epoll_ctl(t->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+        first = atomic_fetch_add(&t->leases, leased ? 1 : -1) == 0 && leased;
+    }
+    pthread_mutex_unlock(&c->smu);
+    if (first) wake(t); /* it may sleep without a timeout: it must watch the lease */
+}
+
+/* Ends c's lease from a pumping thread: the I/O thread reads the socket again, and
+ * what the read-ahead holds, which no epoll event would announce. */
+static void lease_hand_back(petreli_tcp_transport *t, petreli_tcp_conn *c) {
+    lease_set(t, c, false);
+    atomic_store(&c->handed_back, true);
+    wake(t);
+}
+
+/* I/O thread: reads the connections handed back, and takes back the leases that
+ * went unused for LEASE_IDLE_NS. */
+static void reclaim_leases(petreli_tcp_transport *t) {
+    uint64_t now = petrel_now_ns();
+    for (petreli_tcp_conn *c = t->up_list, *next; c; c = next) {
+        next = c->next;
+        bool read = atomic_exchange(&c->handed_back, false);
+        if (atomic_load(&t->leases) > 0 && atomic_load(&c->pumping) == 0 &&
+            now - atomic_load(&c->lease_used_ns) > LEASE_IDLE_NS) {
+            pthread_mutex_lock(&c->smu);
+            bool leased = c->leased;
+            pthread_mutex_unlock(&c->smu);
+            if (leased) {
+                lease_set(t, c, false);
+                read = true;
+            }
+        }
+        if (read) (void)conn_read(t, c, false);
+    }
+}
+
+static petreli_pump_result tcp_pump(void *tp, int peer, uint64_t spin_until_ns, uint64_t until_ns) {
+    petreli_tcp_transport *t = tp;
+    if (io_thread_of == t || peer < 0 || peer >= t->size || peer == t->rank)
+        return PETRELI_PUMP_BUSY;
+    pthread_mutex_lock(&t->mu);
+    petreli_tcp_conn *c = t->links[peer];
+    if (c) c->refs++;
+    pthread_mutex_unlock(&t->mu);
+    if (!c) return PETRELI_PUMP_BUSY;
+    atomic_fetch_add(&c->pumping, 1);
+    petreli_pump_result res;
+    for (;;) {
+        /* Never wait long for io_mu: the I/O thread may hold it in a handler that
+         * needs something this thread holds. It mostly holds it for microseconds. */
+        int tries = 0;
+        while (pthread_mutex_trylock(&t->io_mu) != 0 && ++tries < IO_MU_TRIES) sched_yield();
+        if (tries == IO_MU_TRIES) {
+            res = PETRELI_PUMP_BUSY;
+            break;
+        }
+        lease_set(t, c, true);
+        io_thread_of = t; /* the node's callbacks may call disconnect(): io_mu is held */
+        read_end e = conn_read(t, c, true);
+        io_thread_of = NULL;
+        pthread_mutex_unlock(&t->io_mu);
+        if (e != READ_AGAIN) {
+            res = e == READ_MESSAGE ? PETRELI_PUMP_MESSAGE : PETRELI_PUMP_BUSY;
+            break;
+        }
+        uint64_t now = petrel_now_ns();
+        if (now >= until_ns) {
+            res = PETRELI_PUMP_IDLE;
+            break;
+        }
+        if (now < spin_until_ns) {
+            sched_yield();
+            continue;
+        }
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        struct timespec left = {(time_t)((until_ns - now) / 1000000000u),
+                                (long)((until_ns - now) % 1000000000u)};
+        (void)ppoll(&p, 1, &left, NULL);
+    }
+    if (res == PETRELI_PUMP_MESSAGE)
+        atomic_store(&c->lease_used_ns, petrel_now_ns());
+    else
+        lease_hand_back(t, c);
+    atomic_fetch_sub(&c->pumping, 1);
+    petreli_tcp_conn_unref(t, c);
+    return res;
+}
+
 /* ---- the I/O thread ------------------------------------------------------------ */
 
 /* Takes the connections connect() made into epoll and the up list. */
@@ -514,7 +674,7 @@ static void adopt_all(petreli_tcp_transport *t) {
         q = q->next;
         petreli_tcp_list_push(&t->up_list, c);
         pthread_mutex_lock(&c->smu);
-        struct epoll_event ev = {.events = EPOLLIN | (c->pending ? EPOLLOUT : 0), .data.ptr = c};
+        struct epoll_event ev = conn_events(c, c->pending != NULL);
         int rc = epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->fd, &ev);
         if (rc == 0) c->out_armed = c->pending != NULL;
         pthread_mutex_unlock(&c->smu);
@@ -535,7 +695,9 @@ static int next_timeout_ms(petreli_tcp_transport *t) {
     uint64_t next = UINT64_MAX;
     if (t->hs_list) next = t->hs_list->hs_deadline_ns;
     if (t->listen_rearm_ns && t->listen_rearm_ns < next) next = t->listen_rearm_ns;
-    return next == UINT64_MAX ? -1 : ms_until(next);
+    int ms = next == UINT64_MAX ? -1 : ms_until(next);
+    if (atomic_load(&t->leases) > 0 && (ms < 0 || ms > 1)) ms = 1; /* reclaim_leases */
+    return ms;
 }
 
 static void *io_main(void *arg) {
@@ -559,6 +721,7 @@ static void *io_main(void *arg) {
                 uint64_t v;
                 (void)!read(t->wake_fd, &v, sizeof v);
                 adopt_all(t);
+                reclaim_leases(t);
             } else if (p == &mark_listen) {
                 petreli_tcp_accept_all(t);
             } else {
@@ -569,10 +732,12 @@ static void *io_main(void *arg) {
                     (void)conn_drop(t, c, "disconnected");
                 } else {
                     if (evs[i].events & EPOLLOUT) conn_writable(t, c);
-                    if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) (void)conn_read(t, c);
+                    if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                        (void)conn_read(t, c, false);
                 }
             }
         }
+        if (atomic_load(&t->leases) > 0) reclaim_leases(t);
         sweep_closing(t);
         petreli_tcp_expire_handshakes(t);
         if (t->listen_rearm_ns && petrel_now_ns() >= t->listen_rearm_ns) {
@@ -813,4 +978,5 @@ const petreli_transport_ops petreli_transport_tcp = {
     .disconnect = tcp_disconnect,
     .quiesce = tcp_quiesce,
     .close = tcp_close,
+    .pump = tcp_pump,
 };

@@ -5,10 +5,11 @@
  * each file lends the other. The design (threads, sending) is described at the top
  * of tcp.c, the handshake messages at the top of tcp_handshake.c.
  *
- * Locks, in the order they nest: io_mu (held by the I/O thread while it handles a
- * batch of events, so that disconnect() can wait until no payload is being read),
- * then mu (the link table, reference counts, the hand-over queue), then a
- * connection's smu (its `sending` flag, `pending` and EPOLLOUT arming).
+ * Locks, in the order they nest: io_mu (held by whichever thread reads connections:
+ * the I/O thread while it handles a batch of events, a thread in tcp_pump while it
+ * reads its peer; so disconnect() can wait until no payload is being read), then mu
+ * (the link table, reference counts, the hand-over queue), then a connection's smu
+ * (its `sending` flag, `pending`, its lease and the epoll events they decide).
  * A connection is freed when its last reference goes: the I/O thread holds one
  * while the connection is registered, each send in progress holds one.
  */
@@ -52,7 +53,7 @@ typedef struct petreli_tcp_conn {
     size_t hs_have;
     unsigned char nc[32], na[32];
 
-    /* receive, I/O thread */
+    /* receive: under io_mu (the I/O thread, or a thread in tcp_pump) */
     unsigned char *rbuf; /* PETRELI_TCP_RBUF_BYTES of read-ahead; rb_off..rb_len not yet consumed */
     size_t rb_off, rb_len;
     bool in_frame;
@@ -67,6 +68,12 @@ typedef struct petreli_tcp_conn {
     bool out_armed;         /* under smu: EPOLLOUT is registered */
     unsigned char *pending; /* the unwritten rest of a frame; owned by whoever holds sending */
     size_t pending_len, pending_off;
+
+    /* the read lease (tcp_pump): a thread that waits for this peer reads its socket */
+    bool leased;                    /* under smu: EPOLLIN is off, the I/O thread stands aside */
+    _Atomic int pumping;            /* threads in tcp_pump on this connection */
+    _Atomic uint64_t lease_used_ns; /* when a pump last delivered a message */
+    _Atomic bool handed_back;       /* the I/O thread reads what the read-ahead holds */
 } petreli_tcp_conn;
 
 struct petreli_tcp_transport {
@@ -79,6 +86,7 @@ struct petreli_tcp_transport {
     petrel_thread *io;
     _Atomic bool stop;
     _Atomic int closing_count; /* connections marked closing, not yet dropped */
+    _Atomic int leases;        /* connections leased to a pumping thread */
 
     pthread_mutex_t io_mu;
     petreli_tcp_conn *hs_list, *hs_tail; /* under io_mu: handshakes in accept order */

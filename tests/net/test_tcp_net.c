@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -32,6 +33,7 @@ typedef struct rec_frame {
     int peer;
     petreli_wire_header h;
     unsigned char *data;
+    pthread_t thread; /* that delivered it */
 } rec_frame;
 
 typedef struct recorder {
@@ -95,7 +97,7 @@ static void rec_done(void *ctx, int peer, const petreli_wire_header *h, void *pa
         r->cap = r->cap ? 2 * r->cap : 64;
         r->frames = realloc(r->frames, r->cap * sizeof *r->frames);
     }
-    r->frames[r->n++] = (rec_frame){peer, *h, payload};
+    r->frames[r->n++] = (rec_frame){peer, *h, payload, pthread_self()};
     r->cur[peer] = NULL;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -119,6 +121,14 @@ static void rec_rejected(void *ctx, const char *why) {
     snprintf(r->rejected_why, sizeof r->rejected_why, "%s", why);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+}
+
+/* Frames of type PETREL_MSG_USER may be read by a pumping thread; PETREL_MSG_USER + 1
+ * plays a type with a handler, which only the I/O thread delivers. */
+static bool rec_may_pump(void *ctx, int peer, const petreli_wire_header *h) {
+    (void)ctx;
+    (void)peer;
+    return h->type == PETREL_MSG_USER;
 }
 
 static void rec_init(recorder *r) {
@@ -217,7 +227,8 @@ static bool node_open(node *n, int rank, int size, const char *token) {
                                    .frame_begin = rec_begin,
                                    .frame_done = rec_done,
                                    .on_link_lost = rec_lost,
-                                   .on_rejected = rec_rejected};
+                                   .on_rejected = rec_rejected,
+                                   .may_pump = rec_may_pump};
     petrel_err err = tcp->open(&n->t, &cfg, ev, n->addr, sizeof n->addr);
     CHECK_OK(err);
     n->rec.ops = tcp;
@@ -983,6 +994,163 @@ static void test_connect_errors(void) {
     node_close(&b);
 }
 
+/* ---- the read lease: a waiting thread reads its peer's socket (tcp_pump) ------------ */
+
+typedef struct pumper {
+    node *n;
+    int peer;
+    _Atomic bool stop;
+    int results[3]; /* by petreli_pump_result */
+} pumper;
+
+/* Pumps as petrel_net_recv does: after the link went back to the I/O thread, waits
+ * for it to deliver something before pumping again. */
+static void *pump_loop(void *arg) {
+    pumper *p = arg;
+    while (!atomic_load(&p->stop)) {
+        size_t seen = rec_count(&p->n->rec);
+        petreli_pump_result r = tcp->pump(p->n->t, p->peer, 0, deadline_in(50));
+        p->results[r]++;
+        uint64_t until = deadline_in(50);
+        while (r != PETRELI_PUMP_MESSAGE && rec_count(&p->n->rec) == seen &&
+               petrel_now_ns() < until)
+            sched_yield();
+    }
+    return NULL;
+}
+
+/* A thread pumps rank 1's link while rank 1 sends 300 messages, one at a time, one
+ * in ten of a type for a handler and one in ten of two frames: every message arrives
+ * once, in order and whole; the handler's are delivered by the I/O thread, others
+ * by the pumping thread while it holds the link. After the pumping stops, the I/O
+ * thread takes the link back. */
+static void test_pump_delivers_on_the_waiting_thread(void) {
+    node a, b;
+    if (!pair_open(&a, &b, "k")) goto out;
+    pumper p = {.n = &a, .peer = 1};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, pump_loop, &p) == 0);
+    usleep(20000); /* the pumper leases the link before the first frame */
+    enum { N = 300, LEN = 3000 };
+    unsigned char buf[LEN];
+    long frames = 0;
+    for (uint32_t i = 0; i < N; i++) {
+        fill(buf, LEN, i, 5);
+        petreli_wire_header h = header(1, i, 5, LEN);
+        if (i % 10 == 3) h.type = PETREL_MSG_USER + 1;
+        if (i % 10 == 7) { /* two frames of one message */
+            h.frame_len = LEN / 2;
+            h.flags = PETRELI_FLAG_MORE;
+            struct iovec first = {buf, LEN / 2};
+            CHECK_OK(tcp->send(b.t, 0, &h, &first, 1, deadline_in(WAIT_MS)));
+            frames++;
+            h.flags = 0;
+            struct iovec rest = {buf + LEN / 2, LEN / 2};
+            CHECK_OK(tcp->send(b.t, 0, &h, &rest, 1, deadline_in(WAIT_MS)));
+        } else {
+            struct iovec iov = {buf, LEN};
+            CHECK_OK(tcp->send(b.t, 0, &h, &iov, 1, deadline_in(WAIT_MS)));
+        }
+        frames++;
+        CHECK(rec_wait(&a.rec, frames, 0, -1, -1)); /* a receiver that keeps up */
+    }
+    atomic_store(&p.stop, true);
+    pthread_join(th, NULL);
+    int by_pumper = 0, handler_by_pumper = 0;
+    bool whole = true;
+    pthread_mutex_lock(&a.rec.mu);
+    CHECK(a.rec.n == (size_t)frames);
+    for (size_t k = 0; k < a.rec.n; k++) {
+        rec_frame *f = &a.rec.frames[k];
+        bool pumped = pthread_equal(f->thread, th);
+        by_pumper += pumped;
+        handler_by_pumper += pumped && f->h.type != PETREL_MSG_USER;
+        size_t off = f->h.id % 10 == 7 && !(f->h.flags & PETRELI_FLAG_MORE) ? LEN / 2 : 0;
+        fill(buf, LEN, f->h.id, 5);
+        whole = whole && memcmp(f->data, buf + off, f->h.frame_len) == 0 &&
+                (k == 0 || f->h.id >= a.rec.frames[k - 1].h.id);
+    }
+    pthread_mutex_unlock(&a.rec.mu);
+    printf("# %d of %ld frames read by the pumping thread; pump results: %d messages, %d idle, "
+           "%d busy\n",
+           by_pumper, frames, p.results[PETRELI_PUMP_MESSAGE], p.results[PETRELI_PUMP_IDLE],
+           p.results[PETRELI_PUMP_BUSY]);
+    CHECK(whole);
+    CHECK(handler_by_pumper == 0);
+    /* How many depends on the scheduler (about 90 % on an idle machine, half under
+     * load); that the pumping thread reads at all is what is checked here. */
+    CHECK(by_pumper > 0 && p.results[PETRELI_PUMP_MESSAGE] > 0);
+    /* Nobody pumps now: the lease lapses and the I/O thread reads again. */
+    CHECK_OK(send_pattern(&b, 0, 9, 9, 100, WAIT_MS));
+    CHECK(rec_wait(&a.rec, frames + 1, 0, -1, -1));
+out:
+    node_close(&b);
+    node_close(&a);
+}
+
+/* A pump that gets nothing returns at its deadline and gives the link back. */
+static void test_pump_idle(void) {
+    node a, b;
+    if (!pair_open(&a, &b, "k")) goto out;
+    uint64_t t0;
+    petreli_pump_result r = PETRELI_PUMP_BUSY;
+    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++) { /* the I/O thread may be busy */
+        t0 = petrel_now_ns();
+        r = tcp->pump(a.t, 1, t0 + 5000000, t0 + 30000000);
+    }
+    CHECK(r == PETRELI_PUMP_IDLE);
+    uint64_t took = petrel_now_ns() - t0;
+    CHECK(took >= 30000000 && took < (uint64_t)WAIT_MS * 1000000u);
+    CHECK(tcp->pump(a.t, 3, 0, deadline_in(10)) == PETRELI_PUMP_BUSY); /* not a peer */
+    CHECK_OK(send_pattern(&b, 0, 1, 1, 10, WAIT_MS));
+    CHECK(rec_wait(&a.rec, 1, 0, -1, -1));
+out:
+    node_close(&b);
+    node_close(&a);
+}
+
+/* While a thread pumps, a broken header or a closed socket is left to the I/O thread,
+ * which drops the link with the reason, as when it reads alone. */
+static void pump_until_not_message(node *a, int peer, int *messages) {
+    petreli_pump_result r;
+    while ((r = tcp->pump(a->t, peer, 0, deadline_in(WAIT_MS))) == PETRELI_PUMP_MESSAGE)
+        ++*messages;
+    CHECK(r == PETRELI_PUMP_BUSY);
+}
+
+static void test_pump_leaves_failures_to_the_io_thread(void) {
+    for (int kind = 0; kind < 2; kind++) {
+        node a, c;
+        int fd = intruder_setup(&a, &c);
+        if (fd >= 0) {
+            unsigned char payload[100];
+            fill(payload, sizeof payload, 1, 1);
+            raw_frame(fd, header(1, 1, 1, sizeof payload), payload, -1);
+            if (kind == 0)
+                raw_frame(fd, header(1, 1, 2, sizeof payload), payload, 13); /* checksum */
+            else
+                close(fd);
+            int messages = 0;
+            pump_until_not_message(&a, 1, &messages);
+            CHECK(messages <= 1);
+            CHECK(rec_wait(&a.rec, 1, 1, 1, -1));
+            pthread_mutex_lock(&a.rec.mu);
+            const char *want = kind == 0 ? "checksum" : "connection closed by peer";
+            if (!strstr(a.rec.lost_why, want))
+                printf("# link lost \"%s\", expected \"%s\"\n", a.rec.lost_why, want);
+            CHECK(strstr(a.rec.lost_why, want) != NULL);
+            pthread_mutex_unlock(&a.rec.mu);
+            CHECK(rec_count(&a.rec) == 1);
+            if (kind == 0) {
+                CHECK(raw_sees_close(fd));
+                close(fd);
+            }
+        }
+        node_close(&c);
+        node_close(&a);
+    }
+}
+
 int main(void) {
     seed = check_seed(seed);
     /* The refusals tested below are logged as warnings; keep the output readable. */
@@ -1008,6 +1176,9 @@ int main(void) {
     RUN(test_disconnect);
     RUN(test_inherited_listen_fd);
     RUN(test_connect_errors);
+    RUN(test_pump_delivers_on_the_waiting_thread);
+    RUN(test_pump_idle);
+    RUN(test_pump_leaves_failures_to_the_io_thread);
     CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }
