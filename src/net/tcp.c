@@ -605,7 +605,7 @@ static void reclaim_leases(petreli_tcp_transport *t) {
                 read = true;
             }
         }
-        if (read) (void)conn_read(t, c, false);
+        if (read && !atomic_load(&c->closing)) (void)conn_read(t, c, false); /* else swept */
     }
 }
 
@@ -626,6 +626,11 @@ static petreli_pump_result tcp_pump(void *tp, int peer, uint64_t spin_until_ns, 
         int tries = 0;
         while (pthread_mutex_trylock(&t->io_mu) != 0 && ++tries < IO_MU_TRIES) sched_yield();
         if (tries == IO_MU_TRIES) {
+            res = PETRELI_PUMP_BUSY;
+            break;
+        }
+        if (atomic_load(&c->closing)) { /* disconnected: the I/O thread drops it */
+            pthread_mutex_unlock(&t->io_mu);
             res = PETRELI_PUMP_BUSY;
             break;
         }

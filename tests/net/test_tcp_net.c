@@ -1109,6 +1109,30 @@ out:
     node_close(&a);
 }
 
+/* disconnect() while a thread pumps the link: once it returns, nothing more of the
+ * peer's is delivered, by the pumping thread or the I/O thread. */
+static void test_pump_and_disconnect(void) {
+    node a, b;
+    if (!pair_open(&a, &b, "k")) goto out;
+    pumper p = {.n = &a, .peer = 1};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, pump_loop, &p) == 0);
+    CHECK_OK(send_pattern(&b, 0, 1, 1, 100, WAIT_MS));
+    CHECK(rec_wait(&a.rec, 1, 0, -1, -1));
+    tcp->disconnect(a.t, 1);
+    size_t seen = rec_count(&a.rec);
+    (void)send_pattern(&b, 0, 2, 2, 100, 100); /* may fail: the link is closing */
+    usleep(50000);
+    CHECK(rec_count(&a.rec) == seen);
+    CHECK(!tcp->connected(a.t, 1));
+    atomic_store(&p.stop, true);
+    pthread_join(th, NULL);
+    CHECK(rec_lost_count(&a.rec, 1) == 0); /* disconnect() does not report a loss */
+out:
+    node_close(&b);
+    node_close(&a);
+}
+
 /* While a thread pumps, a broken header or a closed socket is left to the I/O thread,
  * which drops the link with the reason, as when it reads alone. */
 static void pump_until_not_message(node *a, int peer, int *messages) {
@@ -1178,6 +1202,7 @@ int main(void) {
     RUN(test_connect_errors);
     RUN(test_pump_delivers_on_the_waiting_thread);
     RUN(test_pump_idle);
+    RUN(test_pump_and_disconnect);
     RUN(test_pump_leaves_failures_to_the_io_thread);
     CHECK_NO_LEAKS(before);
     return CHECK_DONE();
