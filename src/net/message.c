@@ -479,6 +479,14 @@ void petrel_msg_release(petrel_msg *m) {
     memset(m, 0, sizeof *m);
 }
 
+/* Whether this thread sent something since its last wait, so that a reply is due
+ * within a round trip; the wait that asks consumes the answer. */
+static bool reply_due(void) {
+    bool due = sent_since_wait;
+    sent_since_wait = false;
+    return due;
+}
+
 /*
  * Before the first sleep of a wait (mu held; returned with mu held): polls for a
  * new message when one is likely to come sooner than a sleeping thread could be
@@ -492,8 +500,7 @@ void petrel_msg_release(petrel_msg *m) {
  * The flag is per thread, not per node: what matters is what this thread awaits.
  */
 static void poll_briefly(petrel_net *net) {
-    bool worth = sent_since_wait || atomic_load_explicit(&net->last_via_shm, memory_order_relaxed);
-    sent_since_wait = false;
+    bool worth = reply_due() || atomic_load_explicit(&net->last_via_shm, memory_order_relaxed);
     if (!worth) return;
     uint64_t seq = atomic_load(&net->mail_seq);
     pthread_mutex_unlock(&net->mu);
@@ -551,9 +558,8 @@ petrel_err petrel_net_recv(petrel_net *net, int src, uint8_t type, uint32_t id, 
              * poll, then sleep in the kernel; once the link is the transport
              * thread's again (nothing came, or a frame for a handler), sleep here. */
             uint64_t now = petrel_now_ns();
-            uint64_t spin_until = sent_since_wait ? now + POLL_NS : 0;
+            uint64_t spin_until = reply_due() ? now + POLL_NS : 0;
             uint64_t until = now + PUMP_SLICE_NS < deadline ? now + PUMP_SLICE_NS : deadline;
-            sent_since_wait = false;
             pthread_mutex_unlock(&net->mu);
             petreli_pump_result r = pump.ops->pump(pump.t, src, spin_until, until);
             pthread_mutex_lock(&net->mu);

@@ -199,6 +199,8 @@ static void wake(petreli_tcp_transport *t) {
 
 /* ---- receiving frames (I/O thread) ----------------------------------------------- */
 
+static bool lease_set(petreli_tcp_transport *t, petreli_tcp_conn *c, bool leased);
+
 /* Forgets an authenticated connection; tells the node unless disconnect() asked. */
 static bool conn_drop(petreli_tcp_transport *t, petreli_tcp_conn *c, const char *fmt, ...)
     PETREL_PRINTF(3, 4);
@@ -208,12 +210,7 @@ static bool conn_drop(petreli_tcp_transport *t, petreli_tcp_conn *c, const char 
     if (was_link) t->links[c->peer] = NULL;
     pthread_mutex_unlock(&t->mu);
     if (atomic_exchange(&c->closing, true)) atomic_fetch_sub(&t->closing_count, 1);
-    pthread_mutex_lock(&c->smu);
-    if (c->leased) {
-        c->leased = false;
-        atomic_fetch_sub(&t->leases, 1);
-    }
-    pthread_mutex_unlock(&c->smu);
+    (void)lease_set(t, c, false);
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     /* Wakes a sender blocked in poll on this socket: its next write fails. */
     shutdown(c->fd, SHUT_RDWR);
@@ -566,24 +563,30 @@ done:
 #define LEASE_IDLE_NS 1000000
 #define IO_MU_TRIES   64 /* attempts to take io_mu, with a yield between, before giving up */
 
-/* Switches the I/O thread's EPOLLIN interest in c off (lease) or back on. */
-static void lease_set(petreli_tcp_transport *t, petreli_tcp_conn *c, bool leased) {
-    bool first = false;
+/* Switches the I/O thread's EPOLLIN interest in c off (lease) or back on; a
+ * connection being closed can only lose its lease. True when the lease changed. */
+static bool lease_set(petreli_tcp_transport *t, petreli_tcp_conn *c, bool leased) {
+    bool changed = false, first = false;
     pthread_mutex_lock(&c->smu);
-    if (c->leased != leased && !atomic_load(&c->closing)) {
+    bool closing = atomic_load(&c->closing);
+    if (c->leased != leased && !(leased && closing)) {
         c->leased = leased;
-        struct epoll_event ev = conn_events(c, c->out_armed);
-        (void)epoll_ctl(t->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+        if (!closing) {
+            struct epoll_event ev = conn_events(c, c->out_armed);
+            (void)epoll_ctl(t->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+        }
         first = atomic_fetch_add(&t->leases, leased ? 1 : -1) == 0 && leased;
+        changed = true;
     }
     pthread_mutex_unlock(&c->smu);
     if (first) wake(t); /* it may sleep without a timeout: it must watch the lease */
+    return changed;
 }
 
 /* Ends c's lease from a pumping thread: the I/O thread reads the socket again, and
  * what the read-ahead holds, which no epoll event would announce. */
 static void lease_hand_back(petreli_tcp_transport *t, petreli_tcp_conn *c) {
-    lease_set(t, c, false);
+    (void)lease_set(t, c, false);
     atomic_store(&c->handed_back, true);
     wake(t);
 }
@@ -596,15 +599,8 @@ static void reclaim_leases(petreli_tcp_transport *t) {
         next = c->next;
         bool read = atomic_exchange(&c->handed_back, false);
         if (atomic_load(&t->leases) > 0 && atomic_load(&c->pumping) == 0 &&
-            now - atomic_load(&c->lease_used_ns) > LEASE_IDLE_NS) {
-            pthread_mutex_lock(&c->smu);
-            bool leased = c->leased;
-            pthread_mutex_unlock(&c->smu);
-            if (leased) {
-                lease_set(t, c, false);
-                read = true;
-            }
-        }
+            now - atomic_load(&c->lease_used_ns) > LEASE_IDLE_NS && lease_set(t, c, false))
+            read = true;
         if (read && !atomic_load(&c->closing)) (void)conn_read(t, c, false); /* else swept */
     }
 }
@@ -634,7 +630,7 @@ static petreli_pump_result tcp_pump(void *tp, int peer, uint64_t spin_until_ns, 
             res = PETRELI_PUMP_BUSY;
             break;
         }
-        lease_set(t, c, true);
+        (void)lease_set(t, c, true);
         io_thread_of = t; /* the node's callbacks may call disconnect(): io_mu is held */
         read_end e = conn_read(t, c, true);
         io_thread_of = NULL;
