@@ -45,6 +45,14 @@ const char *bench_size_name(size_t bytes, char *buf, size_t len);
  * the same buffers each time, so the figure is the cache level that len fits in. */
 double bench_memcpy_gbs(unsigned char *dst, const unsigned char *src, size_t len, size_t times);
 
+/* GB/s of one CPU copying len bytes into a buffer that another CPU has just read
+ * (the median of 64 turns, each process pinned to one of the first two CPUs this
+ * process may use), or 0 when there are fewer than two or a process failed. It is
+ * what a shared-memory exchange pays to reuse its memory: the write must take every
+ * line back from the reader's cache. On the project's VM it is near memcpy most of
+ * the time and 5x lower for minutes at a time (docs/bench.md). */
+double bench_handoff_gbs(size_t len);
+
 /* A listening TCP socket on 127.0.0.1 with a port the kernel chose, and its address
  * "127.0.0.1:port": the coordinator's socket of a petrel job the bench launches
  * (rank 0 gets it as petrel_net_config.coordinator_fd). False, with errno, on failure. */

@@ -32,10 +32,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define MAX_SIZES  8
-#define MAX_P      4
-#define MAX_ROUNDS 5
-#define MPI_PROG   "mpi_allreduce"
+#define MAX_SIZES     8
+#define MAX_P         4
+#define MAX_ROUNDS    5
+#define MPI_PROG      "mpi_allreduce"
+#define HANDOFF_BYTES (2u << 20) /* a member's half of the 4 MiB case */
 
 static const int ranks_of[] = {2, 4}; /* the process counts, by index */
 #define NP ((int)(sizeof ranks_of / sizeof ranks_of[0]))
@@ -63,6 +64,7 @@ typedef struct results {
     member_result member[MAX_P]; /* the current job, written by the children */
     double petrel_s[NP][MAX_ROUNDS][MAX_SIZES], mpi_s[NP][MAX_ROUNDS][MAX_SIZES];
     double memcpy_gbs[MAX_ROUNDS][MAX_SIZES];
+    double handoff_gbs[MAX_ROUNDS][2]; /* bench_handoff_gbs(HANDOFF_BYTES), before and after */
     bool petrel_ok[NP], mpi_ok[NP];
     double petrel[NP][MAX_SIZES], mpi[NP][MAX_SIZES], mc[MAX_SIZES]; /* medians over rounds */
 } results;
@@ -422,6 +424,25 @@ static void print_targets(const plan *p, const results *r) {
                bench_size_name(p->size[at_mc], name, sizeof name));
 }
 
+/* The state of the machine's caches during the run: shared-memory collectives move
+ * data from core to core and pay this rate to reuse their memory. */
+static void print_handoff(const plan *p, const results *r) {
+    double v[2 * MAX_ROUNDS], lo = 1e30, hi = 0;
+    int n = 2 * p->rounds;
+    for (int i = 0; i < n; i++) {
+        v[i] = r->handoff_gbs[i / 2][i % 2];
+        if (v[i] < lo) lo = v[i];
+        if (v[i] > hi) hi = v[i];
+    }
+    if (lo <= 0) {
+        printf("handoff: not measured (needs two CPUs)\n");
+        return;
+    }
+    printf("handoff: one CPU rewriting 2 MiB that another CPU has just read: %.1f GB/s (median of "
+           "%d, before and after each round; %.1f to %.1f)\n",
+           petrel_median(v, n), n, lo, hi);
+}
+
 /* ---- the command -------------------------------------------------------------------------- */
 
 static void allreduce_usage(FILE *f) {
@@ -567,6 +588,7 @@ int bench_allreduce(int argc, char **argv) {
     fflush(stdout);
     for (int pi = 0; pi < NP; pi++) r->petrel_ok[pi] = r->mpi_ok[pi] = p.use_p[pi];
     for (int n = 0; n < p.rounds; n++) {
+        r->handoff_gbs[n][0] = bench_handoff_gbs(HANDOFF_BYTES);
         for (int pi = 0; pi < NP; pi++) {
             if (!p.use_p[pi]) continue;
             if (r->petrel_ok[pi]) r->petrel_ok[pi] = run_petrel(&p, pi, n, r);
@@ -577,6 +599,7 @@ int bench_allreduce(int argc, char **argv) {
             size_t k = (256u << 20) / p.size[s];
             r->memcpy_gbs[n][s] = bench_memcpy_gbs(dst, src, p.size[s], k < 8 ? 8 : k);
         }
+        r->handoff_gbs[n][1] = bench_handoff_gbs(HANDOFF_BYTES);
     }
     summarize(&p, r);
     if (no_mpi)
@@ -591,6 +614,7 @@ int bench_allreduce(int argc, char **argv) {
         for (int pi = 0; pi < NP; pi++)
             if (p.use_p[pi] && !r->mpi_ok[pi]) printf("openmpi: failed: %s\n", mpi.why);
     print_targets(&p, r);
+    print_handoff(&p, r);
     char iters[256] = "";
     for (int pi = 0; pi < NP; pi++) {
         if (!p.use_p[pi]) continue;
