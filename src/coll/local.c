@@ -263,10 +263,7 @@ static uint64_t phase_mark(uint32_t seq, size_t j) {
  * increments sleepers, then loads the mark: one of the two sees the other. */
 static void set_mark(seg_header *h, uint64_t v) {
     atomic_store(&h->mark, v);
-    if (atomic_load(&h->sleepers)) {
-        atomic_fetch_add(&h->bell, 1);
-        petreli_futex_wake(&h->bell);
-    }
+    if (atomic_load(&h->sleepers)) petreli_futex_ring(&h->bell);
 }
 
 void petreli_local_failed(petreli_coll_call *call) {

@@ -53,9 +53,9 @@ PETREL_NODISCARD petrel_err petreli_write_file_atomic(const char *path, const vo
 
 /* Futexes on 32-bit words in MAP_SHARED memory (not FUTEX_PRIVATE: the key is the
  * page, so processes that map it share the word; thread.c). Wait sleeps while *word
- * holds seen, at most ns (spurious returns happen: re-check); wake wakes every
- * sleeper. */
+ * holds seen, at most ns (spurious returns happen: re-check); ring bumps *word and
+ * wakes every sleeper, so that one about to sleep with the old value does not. */
 void petreli_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns);
-void petreli_futex_wake(_Atomic uint32_t *word);
+void petreli_futex_ring(_Atomic uint32_t *word);
 
 #endif

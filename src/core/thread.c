@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -44,6 +45,7 @@ void petreli_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns) {
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, &ts, NULL, 0);
 }
 
-void petreli_futex_wake(_Atomic uint32_t *word) {
+void petreli_futex_ring(_Atomic uint32_t *word) {
+    atomic_fetch_add(word, 1);
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }

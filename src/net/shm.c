@@ -70,7 +70,7 @@ void petreli_shm_link_lost(petreli_shm_transport *t, int s, const char *why) {
     petreli_shm_peer *p = &t->peers[s];
     atomic_store(&p->rx_stop, 1);
     atomic_store(&t->ctl[s].reader_broken, 1);
-    petreli_shm_ring_bell(&t->ctl[s].space);
+    petreli_futex_ring(&t->ctl[s].space);
     int cur = atomic_load(&p->link);
     while (cur == PETRELI_SHM_LINK_NONE || cur == PETRELI_SHM_LINK_UP) {
         if (atomic_compare_exchange_weak(&p->link, &cur, PETRELI_SHM_LINK_LOST)) {
@@ -259,7 +259,7 @@ static petrel_err connect_locked(petreli_shm_transport *t, petreli_shm_peer *p, 
 static void tx_close_locked(petreli_shm_peer *p) {
     if (!p->out.base) return;
     atomic_store(&p->tx->writer_closed, 1);
-    petreli_shm_ring_bell(&p->out_hdr->doorbell);
+    petreli_futex_ring(&p->out_hdr->doorbell);
     int pid = atomic_exchange(&p->out_pid, 0);
     if (pid && !petreli_shm_pid_alive(pid)) petreli_shm_unlink_if_owned_by(p->out_name, pid);
     petreli_shm_map_release(&p->out);
@@ -486,7 +486,7 @@ static void shm_disconnect(void *tp, int peer) {
     atomic_store(&p->link, PETRELI_SHM_LINK_DOWN); /* first: a send waiting for space gives up */
     atomic_store(&p->rx_stop, 1);
     atomic_store(&t->ctl[peer].reader_broken, 1);
-    petreli_shm_ring_bell(&t->ctl[peer].space);
+    petreli_futex_ring(&t->ctl[peer].space);
     pthread_mutex_lock(&p->mu);
     tx_close_locked(p);
     pthread_mutex_unlock(&p->mu);
@@ -502,7 +502,7 @@ static void shm_quiesce(void *tp) {
     petreli_shm_transport *t = tp;
     if (!t || !t->thread) return;
     atomic_store_explicit(&t->stopping, 1, memory_order_release);
-    petreli_shm_ring_bell(&t->hdr->doorbell);
+    petreli_futex_ring(&t->hdr->doorbell);
     petrel_thread_join(t->thread, NULL);
     t->thread = NULL;
 }
@@ -516,7 +516,7 @@ static void shm_close(void *tp) {
     for (int s = 0; s < t->size; s++) {
         if (s == t->rank) continue;
         atomic_store(&t->ctl[s].reader_broken, 1);
-        petreli_shm_ring_bell(&t->ctl[s].space);
+        petreli_futex_ring(&t->ctl[s].space);
     }
     for (int s = 0; s < t->size; s++) {
         petreli_shm_peer *p = &t->peers[s];

@@ -124,9 +124,6 @@ static inline uint64_t petreli_shm_align64(uint64_t n) {
 
 /* ---- shm_ring.c ------------------------------------------------------------------------ */
 
-/* Bumps word and wakes everyone sleeping on it. */
-void petreli_shm_ring_bell(_Atomic uint32_t *word);
-
 /* False once pid has exited, also while it is a zombie nobody has reaped yet. */
 bool petreli_shm_pid_alive(int pid);
 

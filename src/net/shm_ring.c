@@ -78,15 +78,7 @@
  * The caller's preceding store of an index was sequentially consistent: either the
  * sleeper's re-check after setting flag sees the index, or this load sees the flag. */
 static void wake_if_waiting(_Atomic uint32_t *flag, _Atomic uint32_t *word) {
-    if (atomic_load(flag) && atomic_exchange(flag, 0)) {
-        atomic_fetch_add(word, 1);
-        petreli_futex_wake(word);
-    }
-}
-
-void petreli_shm_ring_bell(_Atomic uint32_t *word) {
-    atomic_fetch_add(word, 1);
-    petreli_futex_wake(word);
+    if (atomic_load(flag) && atomic_exchange(flag, 0)) petreli_futex_ring(word);
 }
 
 /* False once pid has exited, also while it is a zombie nobody has reaped yet. */

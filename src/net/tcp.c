@@ -716,13 +716,14 @@ static void *io_main(void *arg) {
             PETREL_LOG_ERROR("net", "tcp: epoll_wait: %s; the transport stops", strerror(e));
             break;
         }
+        bool woken = false; /* perhaps by a pump that handed its connection back */
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
             if (p == &mark_wake) {
                 uint64_t v;
                 (void)!read(t->wake_fd, &v, sizeof v);
                 adopt_all(t);
-                reclaim_leases(t);
+                woken = true;
             } else if (p == &mark_listen) {
                 petreli_tcp_accept_all(t);
             } else {
@@ -738,7 +739,7 @@ static void *io_main(void *arg) {
                 }
             }
         }
-        if (atomic_load(&t->leases) > 0) reclaim_leases(t);
+        if (woken || atomic_load(&t->leases) > 0) reclaim_leases(t);
         sweep_closing(t);
         petreli_tcp_expire_handshakes(t);
         if (t->listen_rearm_ns && petrel_now_ns() >= t->listen_rearm_ns) {
