@@ -56,9 +56,9 @@ typedef enum petrel_reduce_op {
 } petrel_reduce_op;
 
 typedef enum petrel_coll_algo {
-    PETREL_ALGO_AUTO = 0, /* by size: recursive doubling below ring_min_bytes; from there
-                             SHM when every member is on one host and the job has the
-                             shared-memory transport (PETREL_TRANSPORT_AUTO), else the ring */
+    PETREL_ALGO_AUTO = 0, /* SHM when every member is on one host and the job has the
+                             shared-memory transport (PETREL_TRANSPORT_AUTO); else by size:
+                             recursive doubling below ring_min_bytes, the ring from there */
     PETREL_ALGO_RING,
     PETREL_ALGO_RECURSIVE_DOUBLING,
     PETREL_ALGO_SHM, /* members on one host, shared-memory transport: each reduces its block
@@ -77,15 +77,15 @@ typedef enum petrel_coll_backend {
 typedef struct petrel_comm_config {
     int timeout_ms;              /* bound on every collective call */
     petrel_coll_algo algo;       /* allreduce algorithm */
-    size_t ring_min_bytes;       /* AUTO uses the ring (or SHM) from this payload size on */
+    size_t ring_min_bytes;       /* AUTO across hosts uses the ring from this payload size on */
     size_t chunk_bytes;          /* ring pipelining unit */
     bool fp16_wire;              /* send float16, reduce in float32 */
     petrel_coll_backend backend; /* MPI ignores timeout_ms, algo, ring_min_bytes, chunk_bytes */
 } petrel_comm_config;
 
-/* Timeout 30 s, AUTO (recursive doubling below 64 KiB, then SHM on one host with the
- * shared-memory transport, else the ring), chunks of 256 KiB, float32 on the wire,
- * petrel's own backend. */
+/* Timeout 30 s, AUTO (SHM on one host with the shared-memory transport, else recursive
+ * doubling below 64 KiB and the ring from there), chunks of 256 KiB, float32 on the
+ * wire, petrel's own backend. */
 petrel_comm_config petrel_comm_config_default(void);
 
 /* True when this build has the backend (PETREL_BACKEND_MPI: built with MPI). */

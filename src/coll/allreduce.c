@@ -214,10 +214,10 @@ static petrel_err rd_allreduce(petreli_coll_call *call, float *x, size_t n) {
 petrel_err petreli_petrel_allreduce(petrel_comm *c, float *data, size_t n, petrel_reduce_op op) {
     petrel_coll_algo algo = c->cfg.algo;
     bool local = c->size > 1 && petreli_local_eligible(c);
-    if (algo == PETREL_ALGO_AUTO)
-        algo = n * sizeof(float) < c->cfg.ring_min_bytes ? PETREL_ALGO_RECURSIVE_DOUBLING
-               : local                                   ? PETREL_ALGO_SHM
-                                                         : PETREL_ALGO_RING;
+    if (algo == PETREL_ALGO_AUTO) /* on one host SHM wins at every size (docs/collectives.md) */
+        algo = local                                       ? PETREL_ALGO_SHM
+               : n * sizeof(float) < c->cfg.ring_min_bytes ? PETREL_ALGO_RECURSIVE_DOUBLING
+                                                           : PETREL_ALGO_RING;
     if (algo == PETREL_ALGO_SHM && c->size > 1 && !local)
         return petrel_error_set(PETREL_ERR_UNSUPPORTED,
                                 "allreduce: PETREL_ALGO_SHM needs every member on this host, "

@@ -180,6 +180,15 @@ PETREL_NODISCARD petrel_err petreli_coll_send_raw(petreli_coll_call *call, int d
 PETREL_NODISCARD petrel_err petreli_coll_recv(petreli_coll_call *call, int src, size_t n,
                                               petreli_coll_in *in);
 void petreli_coll_release(petreli_coll_in *in);
+/* Takes, without waiting, every message of this call that has arrived, as
+ * petreli_coll_recv does with those it does not wait for (kept for later, or the
+ * call fails on an ABORT or a mismatch); *waiting: whether one from src is kept. */
+PETREL_NODISCARD petrel_err petreli_coll_poll(petreli_coll_call *call, int src, bool *waiting);
+/* Member `from` states call h (its SYNC message, or its shared segment): another
+ * kind, count, reduction, root, element type, algorithm or chunk size than this
+ * call fails it (PETREL_ERR_STATE, naming both members and both calls). */
+PETREL_NODISCARD petrel_err petreli_coll_check(petreli_coll_call *call, int from,
+                                               const petreli_coll_header *h);
 
 /* ---- kernels (kernels.c) ---------------------------------------------------- */
 

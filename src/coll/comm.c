@@ -431,6 +431,15 @@ static petrel_err mismatch(petreli_coll_call *call, int from, const petreli_coll
                              describe(w, detail, mine, sizeof mine));
 }
 
+petrel_err petreli_coll_check(petreli_coll_call *call, int from, const petreli_coll_header *h) {
+    const petreli_coll_header *w = &call->want;
+    call->c->heard[from] = 1;
+    if (h->kind != w->kind || h->op != w->op || h->dtype != w->dtype || h->algo != w->algo ||
+        h->count != w->count || h->root != w->root || h->chunk != w->chunk)
+        return mismatch(call, from, h);
+    return PETREL_OK;
+}
+
 enum { TAKEN = 0, CONSUMED = 1 };
 
 /* The member that sent m, or -1 when its sender is not a member. */
@@ -486,10 +495,8 @@ static petrel_err admit(petreli_coll_call *call, petrel_msg *m, int from, petrel
         petrel_msg_release(m);
         return PETREL_OK;
     }
-    const petreli_coll_header *w = &call->want;
-    if (h->kind != w->kind || h->op != w->op || h->dtype != w->dtype || h->algo != w->algo ||
-        h->count != w->count || h->root != w->root || h->chunk != w->chunk) {
-        petrel_err err = mismatch(call, from, h);
+    petrel_err err = petreli_coll_check(call, from, h);
+    if (err != PETREL_OK) {
         petrel_msg_release(m);
         return err;
     }
@@ -613,6 +620,50 @@ static petrel_err take(petreli_coll_call *call, int src, size_t n, petrel_msg *m
     return PETREL_OK;
 }
 
+/* Whether a message from member src waits in the stash. */
+static bool stashed(const petrel_comm *c, int src) {
+    for (int i = 0; i < c->nstash; i++)
+        if (c->member_of[c->stash[i].src] == src) return true;
+    return false;
+}
+
+/* Keeps an early message of another member for later. */
+static petrel_err stash(petreli_coll_call *call, petrel_msg *m) {
+    petrel_comm *c = call->c;
+    if (c->nstash == c->stash_cap) {
+        int cap = c->stash_cap ? 2 * c->stash_cap : 8;
+        petrel_msg *s = petrel_realloc(c->stash, (size_t)cap * sizeof *s);
+        if (!s) {
+            petrel_msg_release(m);
+            return petreli_coll_fail(call, PETREL_ERR_NOMEM, "no memory to hold an early message");
+        }
+        c->stash = s;
+        c->stash_cap = cap;
+    }
+    c->stash[c->nstash++] = *m;
+    return PETREL_OK;
+}
+
+petrel_err petreli_coll_poll(petreli_coll_call *call, int src, bool *waiting) {
+    petrel_comm *c = call->c;
+    petrel_msg m;
+    while (petrel_net_recv(c->net, PETREL_ANY_SOURCE, PETREL_MSG_COLL, call->id, &m, 0) ==
+           PETREL_OK) {
+        int from = sender_member(c, &m), what;
+        petreli_coll_header h;
+        if (from < 0 || from == c->rank) {
+            petrel_msg_release(&m);
+            continue;
+        }
+        petrel_err err = admit(call, &m, from, &h, &what);
+        if (err == PETREL_OK && what == TAKEN) err = stash(call, &m);
+        if (err != PETREL_OK) return err;
+    }
+    petrel_error_clear(); /* the receive that found nothing */
+    *waiting = stashed(c, src);
+    return PETREL_OK;
+}
+
 petrel_err petreli_coll_recv(petreli_coll_call *call, int src, size_t n, petreli_coll_in *in) {
     petrel_comm *c = call->c;
     petreli_coll_header h;
@@ -655,18 +706,7 @@ petrel_err petreli_coll_recv(petreli_coll_call *call, int src, size_t n, petreli
         if ((err = admit(call, &m, from, &h, &what)) != PETREL_OK) return err;
         if (what == CONSUMED) continue;
         if (from == src) return take(call, src, n, &m, &h, in);
-        if (c->nstash == c->stash_cap) {
-            int cap = c->stash_cap ? 2 * c->stash_cap : 8;
-            petrel_msg *s = petrel_realloc(c->stash, (size_t)cap * sizeof *s);
-            if (!s) {
-                petrel_msg_release(&m);
-                return petreli_coll_fail(call, PETREL_ERR_NOMEM,
-                                         "no memory to hold an early message");
-            }
-            c->stash = s;
-            c->stash_cap = cap;
-        }
-        c->stash[c->nstash++] = m;
+        if ((err = stash(call, &m)) != PETREL_OK) return err;
     }
 }
 

@@ -2,7 +2,7 @@
  * Allreduce among members on one host, through shared memory: every member maps a
  * segment of each other member, and each block of the vector is reduced where it
  * lies, read straight out of the others' segments. Used by PETREL_ALGO_SHM, which
- * AUTO picks from ring_min_bytes on when the job table puts every member on one host
+ * AUTO picks at every size when the job table puts every member on one host
  * with the shared-memory transport open (petreli_local_eligible): facts every member
  * holds alike, so that all of them pick it or none does.
  *
@@ -14,10 +14,11 @@
  *
  * P members, a piece of m elements cut into P blocks (petreli_part_start). Member r:
  *   1. copies its blocks q != r into its segment, each at region q;
- *   2. in the first piece of a call, sends every other member SYNC1 (its segment's
- *      name and region size) and waits for theirs, mapping a segment it has not
- *      mapped yet; in later pieces, marks its copy done and waits for the others'
- *      marks (step 4);
+ *   2. in the first piece of a call, states its call to the others and checks
+ *      theirs (state_call): in its segment's header once every other member has
+ *      mapped the segment, else by SYNC1, a message with the segment's name and
+ *      region size, from which the others map it; in later pieces, marks its copy
+ *      done and waits for the others' marks (step 4);
  *   3. reduces block r: its own values, then every other member's region r, in
  *      sub-blocks that stay in cache; an average divides there; the result goes to
  *      its data and to region r of its segment;
@@ -33,11 +34,13 @@
  * A region keeps its place in the segment whatever the piece's size (region q starts
  * at q * block_cap), so a short last piece does not move one region onto another.
  *
- * SYNC1 is an ordinary message of the call (comm.c): a member that calls something
- * else, is dead, or never calls is reported as for the other algorithms. The marks
- * save the other message rounds (a thread hand-off on each side each); a member
- * whose call fails marks that instead, and a waiter that sees it, or a dead member,
- * or its deadline, turns to the message layer for the ABORT and the story.
+ * A call stated in a header is checked as comm.c checks the header of SYNC1, or of
+ * any message of a call: a member that calls something else, is dead, or never
+ * calls is reported as for the other algorithms. Statements and marks save the
+ * message rounds (a thread hand-off on each side each); a member whose call fails
+ * marks that instead, and a waiter that sees it, a dead member, its deadline, or a
+ * message of the call in the mailbox (looked for every CHECK_NS) turns to the
+ * message layer for the ABORT and the story.
  * Results are the same on every member: each block is reduced on one member and
  * copied. Nothing here goes over a wire, so float16 (fp16_wire) changes nothing.
  *
@@ -82,14 +85,29 @@ typedef struct segment {
     bool linked;        /* own segment: its name is still in /dev/shm */
 } segment;
 
-/* A segment starts with one cache line: its owner's mark (below), and a futex word
- * that the owner bumps after a new mark when members sleep on it. The regions follow. */
+/* A segment starts with one cache line: its owner's mark (below), a futex word that
+ * the owner bumps after a new mark when members sleep on it, and how its owner
+ * states each call (step 2). The regions follow. */
 typedef struct seg_header {
     _Atomic uint64_t mark;
-    _Atomic uint32_t bell;     /* futex word */
-    _Atomic uint32_t sleepers; /* members asleep on bell, or about to be */
+    _Atomic uint32_t bell;                   /* futex word */
+    _Atomic uint32_t sleepers;               /* members asleep on bell, or about to be */
+    _Atomic uint32_t stated;                 /* the call whose header is in `call` */
+    _Atomic uint32_t sent;                   /* a call for which the owner sent SYNC1 instead */
+    unsigned char call[PETRELI_COLL_HEADER]; /* the owner's call, as comm.c encodes it */
 } seg_header;
 #define HEADER_FLOATS 16
+_Static_assert(sizeof(seg_header) <= HEADER_FLOATS * sizeof(float), "the header is one line");
+
+static seg_header *header(const segment *s) {
+    return (seg_header *)(void *)s->base;
+}
+
+/* After a store to h (sequentially consistent), wakes the members asleep on it: a
+ * sleeper increments sleepers, then looks at h, so one of the two sees the other. */
+static void ring_sleepers(seg_header *h) {
+    if (atomic_load(&h->sleepers)) petreli_futex_ring(&h->bell);
+}
 
 static size_t seg_bytes(uint64_t block_cap, int P) {
     return ((size_t)block_cap * (size_t)P + HEADER_FLOATS) * sizeof(float);
@@ -97,7 +115,8 @@ static size_t seg_bytes(uint64_t block_cap, int P) {
 
 struct petreli_local {
     segment own;
-    segment *peer; /* by member; own slot unused */
+    segment *peer;  /* by member; own slot unused */
+    bool announced; /* every other member has mapped own (a call with it succeeded) */
 };
 
 /* Segments made in this process, for their names. */
@@ -174,8 +193,13 @@ static petrel_err own_segment(petreli_coll_call *call, size_t block) {
                                  strerror(e));
     }
     s.linked = true;
+    if (L->own.base) { /* its watchers: the new name comes in SYNC1 */
+        atomic_store(&header(&L->own)->sent, call->want.seq);
+        ring_sleepers(header(&L->own));
+    }
     drop(&L->own, c->size); /* the others keep their mapping of it as long as they need it */
     L->own = s;
+    L->announced = false;
     return PETREL_OK;
 }
 
@@ -219,27 +243,6 @@ static petrel_err peer_segment(petreli_coll_call *call, int q, const unsigned ch
     return PETREL_OK;
 }
 
-/* Step 2: sends every other member SYNC1, then takes theirs and maps the segments
- * they name. */
-static petrel_err exchange(petreli_coll_call *call, const unsigned char *msg, size_t bytes,
-                           size_t block) {
-    petrel_comm *c = call->c;
-    size_t elems = bytes / call->wbytes;
-    petrel_err err;
-    for (int q = 0; q < c->size; q++)
-        if (q != c->rank && (err = petreli_coll_send_raw(call, q, msg, elems)) != PETREL_OK)
-            return err;
-    for (int q = 0; q < c->size; q++) {
-        if (q == c->rank) continue;
-        petreli_coll_in in;
-        if ((err = petreli_coll_recv(call, q, elems, &in)) != PETREL_OK) return err;
-        err = peer_segment(call, q, in.data, block);
-        petreli_coll_release(&in);
-        if (err != PETREL_OK) return err;
-    }
-    return PETREL_OK;
-}
-
 static float *region(const segment *s, int q) {
     return s->base + HEADER_FLOATS + (size_t)q * s->block_cap;
 }
@@ -251,74 +254,152 @@ static float *region(const segment *s, int q) {
  * be one phase ahead of one that waits for it (it has seen the waiter's own mark),
  * even in the next call, where it may already have failed: a wait is over at any
  * later mark. */
-static seg_header *header(const segment *s) {
-    return (seg_header *)(void *)s->base;
-}
-
 static uint64_t phase_mark(uint32_t seq, size_t j) {
     return (uint64_t)seq << 32 | (uint64_t)(j + 1) << 1;
 }
 
-/* A sequentially consistent store of the mark, then a load of sleepers; a sleeper
- * increments sleepers, then loads the mark: one of the two sees the other. */
 static void set_mark(seg_header *h, uint64_t v) {
     atomic_store(&h->mark, v);
-    if (atomic_load(&h->sleepers)) petreli_futex_ring(&h->bell);
+    ring_sleepers(h);
 }
 
 void petreli_local_failed(petreli_coll_call *call) {
     petreli_local *L = call->c->local;
-    if (L && L->own.base) set_mark(header(&L->own), (uint64_t)call->want.seq << 32 | 1);
+    if (!L) return;
+    L->announced = false; /* another member may not have mapped it */
+    if (L->own.base) set_mark(header(&L->own), (uint64_t)call->want.seq << 32 | 1);
 }
 
-/* True when mark v of a member says it has done phase `want` of call seq; false with
- * *failed when it says its call failed. */
-static bool reached(uint64_t v, uint64_t want, uint32_t seq, bool *failed) {
-    *failed = v >> 32 == seq && (v & 1);
-    return v >> 32 > seq || (v >= want && !(v & 1)); /* see header() */
+/* What a member's header shows one that waits for it. */
+typedef enum sight {
+    SIGHT_NONE,
+    SIGHT_DONE,    /* what the wait is for */
+    SIGHT_MESSAGE, /* the rest comes through the message layer */
+} sight;
+
+/* A wait for phase mark `want` (stating false) is done at that mark or a later one;
+ * a wait in step 2 (stating) once the member has stated call seq in its header, and
+ * turns to its SYNC1 once the header says it sent one. A member whose call failed
+ * sends ABORT: the message layer tells why. */
+static sight look(const seg_header *h, uint64_t want, uint32_t seq, bool stating) {
+    uint64_t v = atomic_load(&h->mark);
+    if (v >> 32 == seq && (v & 1)) return SIGHT_MESSAGE;
+    if (!stating) return v >= want ? SIGHT_DONE : SIGHT_NONE; /* see phase_mark() */
+    if (atomic_load(&h->stated) == seq) return SIGHT_DONE;
+    return atomic_load(&h->sent) == seq ? SIGHT_MESSAGE : SIGHT_NONE;
 }
 
-/* Marks phase j done and waits until every other member has marked it: polls for
- * SPIN_NS, then sleeps on the member's futex word. A member whose call failed sends
- * ABORT, one that died is seen by the net, and one that is late past the deadline
- * times out: in each case the message layer tells the story, as for a member that
- * sends nothing (petreli_coll_recv). */
+/* Waits until look() at member q's header sees something: polls for SPIN_NS, then
+ * sleeps on q's futex word. Every CHECK_NS it checks the deadline, q's liveness and
+ * the mailbox: past the deadline, with q dead, or with a message of the call from q
+ * waiting, the message layer has the rest of the story (SIGHT_MESSAGE); an ABORT or
+ * a mismatched call from any member fails the call here. */
+static petrel_err await_member(petreli_coll_call *call, int q, uint64_t want, bool stating,
+                               sight *out) {
+    petrel_comm *c = call->c;
+    seg_header *h = header(&c->local->peer[q]);
+    uint64_t start = petrel_now_ns(), check = start + CHECK_NS;
+    for (;;) {
+        if ((*out = look(h, want, call->want.seq, stating)) != SIGHT_NONE) return PETREL_OK;
+        uint64_t now = petrel_now_ns();
+        if (now >= check) {
+            check = now + CHECK_NS;
+            bool story = now >= call->deadline_ns || !petrel_net_peer_alive(c->net, c->ranks[q]);
+            petrel_err err = story ? PETREL_OK : petreli_coll_poll(call, q, &story);
+            if (err != PETREL_OK) return err;
+            if (story) {
+                *out = SIGHT_MESSAGE;
+                return PETREL_OK;
+            }
+        }
+        if (now - start < SPIN_NS) {
+            sched_yield(); /* polls, yet lets a thread that has work run first */
+            continue;
+        }
+        atomic_fetch_add(&h->sleepers, 1);
+        uint32_t bell = atomic_load(&h->bell);
+        if (look(h, want, call->want.seq, stating) == SIGHT_NONE)
+            petreli_futex_wait(&h->bell, bell, CHECK_NS);
+        atomic_fetch_sub(&h->sleepers, 1);
+    }
+}
+
+/* Marks phase j done and waits until every other member has marked it. A member
+ * whose call failed sends ABORT, one that died is seen by the net, and one that is
+ * late past the deadline times out: in each case the message layer tells the
+ * story, as for a member that sends nothing (petreli_coll_recv). */
 static petrel_err phase_done(petreli_coll_call *call, size_t j) {
     petrel_comm *c = call->c;
-    uint64_t want = phase_mark(call->want.seq, j), start = petrel_now_ns(),
-             check = start + CHECK_NS;
+    uint64_t want = phase_mark(call->want.seq, j);
     set_mark(header(&c->local->own), want);
     for (int q = 0; q < c->size; q++) {
         if (q == c->rank) continue;
-        seg_header *h = header(&c->local->peer[q]);
-        bool failed;
-        while (!reached(atomic_load(&h->mark), want, call->want.seq, &failed)) {
-            uint64_t now = petrel_now_ns();
-            if (failed || now >= check) {
-                check = now + CHECK_NS;
-                if (failed || now >= call->deadline_ns ||
-                    !petrel_net_peer_alive(c->net, c->ranks[q])) {
-                    petreli_coll_in in;
-                    petrel_err err = petreli_coll_recv(call, q, SYNC_BYTES / call->wbytes, &in);
-                    if (err != PETREL_OK) return err;
-                    petreli_coll_release(&in);
-                    char who[48];
-                    return petreli_coll_fail(call, PETREL_ERR_STATE,
-                                             "%s sent a message where it should have marked "
-                                             "its progress",
-                                             petreli_coll_member_name(c, q, who, sizeof who));
-                }
-            }
-            if (now - start < SPIN_NS) {
-                sched_yield(); /* polls, yet lets a thread that has work run first */
-                continue;
-            }
-            atomic_fetch_add(&h->sleepers, 1);
-            uint32_t bell = atomic_load(&h->bell);
-            if (!reached(atomic_load(&h->mark), want, call->want.seq, &failed))
-                petreli_futex_wait(&h->bell, bell, CHECK_NS);
-            atomic_fetch_sub(&h->sleepers, 1);
+        sight v;
+        petrel_err err = await_member(call, q, want, false, &v);
+        if (err != PETREL_OK) return err;
+        if (v == SIGHT_DONE) continue;
+        petreli_coll_in in;
+        if ((err = petreli_coll_recv(call, q, SYNC_BYTES / call->wbytes, &in)) != PETREL_OK)
+            return err;
+        petreli_coll_release(&in);
+        char who[48];
+        return petreli_coll_fail(call, PETREL_ERR_STATE,
+                                 "%s sent a message where it should have marked its progress",
+                                 petreli_coll_member_name(c, q, who, sizeof who));
+    }
+    return PETREL_OK;
+}
+
+/* Step 2 of a call's first piece: each member states its call to the others and
+ * checks theirs. One whose segment every other member has mapped (announced: a call
+ * with it succeeded) writes the call's header into its segment's header; any other
+ * sends SYNC1, a message of the call with its segment's name and region size, and
+ * says so in its header (and in that of the segment it has just left, where the
+ * others still look). A member reads another's statement in the segment it has
+ * mapped of it, or takes its SYNC1 (always, when it has mapped none) and maps the
+ * segment named there. The statement in the header saves two thread hand-offs per
+ * call, one on each side: the transport's receive thread, on a busy machine, often
+ * gets a CPU only after tens of microseconds. */
+static petrel_err state_call(petreli_coll_call *call, size_t block) {
+    petrel_comm *c = call->c;
+    petreli_local *L = c->local;
+    seg_header *own = header(&L->own);
+    petrel_err err;
+    if (L->announced) {
+        petreli_coll_header_encode(&call->want, own->call);
+        atomic_store(&own->stated, call->want.seq);
+    } else {
+        unsigned char sync[SYNC_BYTES] = {0};
+        memcpy(sync, &L->own.block_cap, sizeof L->own.block_cap);
+        memcpy(sync + 8, L->own.name, NAME_BYTES);
+        for (int q = 0; q < c->size; q++)
+            if (q != c->rank && (err = petreli_coll_send_raw(
+                                     call, q, sync, SYNC_BYTES / call->wbytes)) != PETREL_OK)
+                return err;
+        atomic_store(&own->sent, call->want.seq);
+    }
+    ring_sleepers(own);
+    for (int q = 0; q < c->size; q++) {
+        if (q == c->rank) continue;
+        sight v = SIGHT_MESSAGE;
+        if (L->peer[q].base && (err = await_member(call, q, 0, true, &v)) != PETREL_OK) return err;
+        if (v == SIGHT_DONE) {
+            petreli_coll_header h;
+            char who[48];
+            if (!petreli_coll_header_decode(header(&L->peer[q])->call, &h) ||
+                L->peer[q].block_cap < block)
+                return petreli_coll_fail(call, PETREL_ERR_FORMAT,
+                                         "%s stated its call wrongly in its shared segment",
+                                         petreli_coll_member_name(c, q, who, sizeof who));
+            if ((err = petreli_coll_check(call, q, &h)) != PETREL_OK) return err;
+            continue;
         }
+        petreli_coll_in in;
+        if ((err = petreli_coll_recv(call, q, SYNC_BYTES / call->wbytes, &in)) != PETREL_OK)
+            return err;
+        err = peer_segment(call, q, in.data, block);
+        petreli_coll_release(&in);
+        if (err != PETREL_OK) return err;
     }
     return PETREL_OK;
 }
@@ -359,14 +440,7 @@ static petrel_err piece(petreli_coll_call *call, float *x, size_t m, size_t k) {
         if (q != r)
             memcpy(region(&L->own, q), x + petreli_part_start(m, (size_t)P, (size_t)q),
                    petreli_part_len(m, (size_t)P, (size_t)q) * sizeof(float));
-    if (k == 0) { /* the call's checks, and the segments' names */
-        unsigned char sync[SYNC_BYTES] = {0};
-        memcpy(sync, &L->own.block_cap, sizeof L->own.block_cap);
-        memcpy(sync + 8, L->own.name, NAME_BYTES);
-        err = exchange(call, sync, sizeof sync, block);
-    } else {
-        err = phase_done(call, 2 * k);
-    }
+    err = k == 0 ? state_call(call, block) : phase_done(call, 2 * k);
     if (err != PETREL_OK) return err;
     reduce_block(call, x + petreli_part_start(m, (size_t)P, (size_t)r),
                  petreli_part_len(m, (size_t)P, (size_t)r));
@@ -396,5 +470,6 @@ petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n) 
             piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k), k);
         if (err != PETREL_OK) return err;
     }
+    call->c->local->announced = true; /* every other member has mapped it (step 2) */
     return PETREL_OK;
 }

@@ -130,6 +130,20 @@ static bool collectives(petrel_net *net, const scenario *s) {
             ok = report(r, "mismatched allreduce shm", m, petrel_errmsg());
         ok = ok && check_allreduce(shm, x, 100003, PETREL_REDUCE_SUM, 13); /* usable again */
     }
+    if (ok && on_shm && P > 1) {
+        /* Another kind of call, where the others look for the call stated in the shared
+         * segments (every segment is known by now): found in the mailbox, in far less
+         * than the timeout. */
+        uint64_t t0 = petrel_now_ns();
+        petrel_err err = r == P - 1 ? petrel_allgather(shm, y + (size_t)r * 1000, 1000, y)
+                                    : petrel_allreduce(shm, x, 100003, PETREL_REDUCE_SUM);
+        double ms = (double)(petrel_now_ns() - t0) * 1e-6;
+        if (err != PETREL_ERR_STATE ||
+            !strstr(petrel_errmsg(), r == P - 1 ? "allreduce of 100003" : "allgather of 1000") ||
+            ms > 2000)
+            ok = report(r, "allreduce shm against allgather", 100003, petrel_errmsg());
+        ok = ok && check_allreduce(shm, x, 100003, PETREL_REDUCE_SUM, 14); /* usable again */
+    }
     /* ring and half_ring: AUTO would take shared memory in the shm scenarios */
     ok = ok && check_allreduce(ring, x, big, PETREL_REDUCE_SUM, 5);      /* the ring */
     ok = ok && check_allreduce(half_ring, x, big, PETREL_REDUCE_SUM, 6); /* in float16 */
@@ -315,7 +329,11 @@ static void *thread_node_main(void *arg) {
                   n * sizeof(float) + 64 * (size_t)(t->size - 1))
         ok = report(t->rank, "allreduce auto", n, "not by shared memory");
     ok = ok && check_allreduce(shm, x, n, PETREL_REDUCE_AVG, 15);
+    size_t before = petrel_comm_get_stats(c).payload_bytes_sent;
     ok = ok && check_allreduce(c, x, n, PETREL_REDUCE_MAX, 16); /* the same segments */
+    /* ... where each member has stated this call: no SYNC1 */
+    if (ok && petrel_comm_get_stats(c).payload_bytes_sent - before != n * sizeof(float))
+        ok = report(t->rank, "allreduce auto, again", n, "sent more than the data");
     petrel_comm_free(shm);
     petrel_comm_free(c);
     free(x);

@@ -466,8 +466,8 @@ static void allreduce_usage(FILE *f) {
             "                 to 500 calls (P = 4)]\n"
             "  --rounds N     rounds of every job, 1..%d; figures are medians [3, --quick 1]\n"
             "  --ranks P      only P = 2 or P = 4 [both]\n"
-            "  --algo A       petrel's algorithm: auto (recursive doubling below 64 KiB, then\n"
-            "                 shm: each rank reduces its block from the others' shared\n"
+            "  --algo A       petrel's algorithm: auto (on one host, as here: shm at every\n"
+            "                 size; each rank reduces its block from the others' shared\n"
             "                 segments), ring, shm or rd (recursive doubling) [auto]\n"
             "  --mpi PATH     the reference program [mpi_allreduce beside this executable]\n"
             "  --no-mpi       leave Open MPI out\n"
@@ -579,8 +579,7 @@ int bench_allreduce(int argc, char **argv) {
     const double t0 = petrel_now_s();
     char how[96];
     if (algo == PETREL_ALGO_AUTO)
-        snprintf(how, sizeof how, "recursive doubling below %zu KiB, then shm",
-                 cc.ring_min_bytes >> 10);
+        snprintf(how, sizeof how, "auto: shm at every size on one host");
     else
         snprintf(how, sizeof how, "%s, chunks of %zu KiB", algo_names[algo], cc.chunk_bytes >> 10);
     printf("petrel bench allreduce: float32 SUM in place, processes on this host; petrel: shm "
