@@ -14,10 +14,10 @@
  * by recursive doubling for small ones (log2 P steps of whole-buffer exchanges,
  * with the usual fold-in for P not a power of two); the switch point is a
  * configuration value. Members all on one host, in a job with the shared-memory
- * transport, take a shared-memory allreduce for large payloads instead of the ring.
- * Broadcast (pipelined chain from the root), allgather and reduce-scatter (ring),
- * barrier. Optionally float16 on the wire (values are reduced in float32; only
- * transfers are halved).
+ * transport, take a shared-memory allreduce at every size instead, and a
+ * shared-memory allgather. Broadcast (pipelined chain from the root), allgather and
+ * reduce-scatter (ring), barrier. Optionally float16 on the wire (values are reduced in float32;
+ * only transfers are halved).
  *
  * Backends: the algorithms above are petrel's own (PETREL_BACKEND_PETREL, the
  * default). In a build with Open MPI (CMake PETREL_MPI, on when its headers are

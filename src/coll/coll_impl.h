@@ -276,6 +276,9 @@ typedef struct petreli_local petreli_local;
 bool petreli_local_eligible(petrel_comm *c);
 /* Allreduce of x (n) among members on one host; see local.c. */
 PETREL_NODISCARD petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n);
+/* Allgather of send (n) into recv (P n), recv + rank n already holding send. */
+PETREL_NODISCARD petrel_err petreli_local_allgather(petreli_coll_call *call, const float *send,
+                                                    size_t n, float *recv);
 /* Tells the other members, through the shared segment, that this call failed here
  * (before petreli_coll_end sends the ABORT). */
 void petreli_local_failed(petreli_coll_call *call);

@@ -14,8 +14,8 @@
  *                  5 barrier, 6 ABORT, 7 NOTICE
  *   9       1      reduction: 0 sum, 1 avg, 2 max (0 when the call has none)
  *   10      1      element type on the wire: 0 float32, 1 float16
- *   11      1      allreduce algorithm: 1 ring, 2 recursive doubling, 3 shared memory
- *                  (0 otherwise)
+ *   11      1      allreduce algorithm: 1 ring, 2 recursive doubling, 3 shared memory;
+ *                  allgather: 3 shared memory (0 otherwise, and for other kinds)
  *   12      8      element count (per member for allgather and reduce_scatter)
  *   20      4      root of a broadcast; ABORT: the error code; NOTICE: the member
  *                  the sender waits for

@@ -26,6 +26,7 @@
  *      every other member has marked it too (polling 50 us, then on a futex);
  *   5. copies block q from region q of member q's segment, for every q != r.
  * Vectors larger than one piece (P blocks of BLOCK_MAX_BYTES) go piece by piece.
+ * Allgather uses the same segments and steps (petreli_local_allgather).
  *
  * Every region has one writer at a time, without a third exchange: region q != r of
  * r's segment is read by member q in its step 3, before its mark, and rewritten by
@@ -459,6 +460,67 @@ static petrel_err piece(petreli_coll_call *call, float *x, size_t m, size_t k) {
         if (q != r)
             memcpy(x + petreli_part_start(m, (size_t)P, (size_t)q), region(&L->peer[q], q),
                    petreli_part_len(m, (size_t)P, (size_t)q) * sizeof(float));
+    return PETREL_OK;
+}
+
+/* Where allgather keeps a piece of m elements in owner's segment s: in the regions
+ * other than the owner's own, which the others may still be reading (step 5 of an
+ * allreduce that has just ended there). From region owner + 1 to the last (*na
+ * elements at *a), then on from region 0 (the rest, at *b). */
+static void gather_spans(const segment *s, int owner, int P, size_t m, float **a, size_t *na,
+                         float **b) {
+    size_t first = (size_t)(P - 1 - owner) * s->block_cap;
+    *na = m < first ? m : first;
+    *a = region(s, owner + 1);
+    *b = region(s, 0);
+}
+
+/* Allgather: each piece of a member's vector goes whole into its segment, and every
+ * other member copies it from there into place. The same steps and phases as a
+ * piece of allreduce, with step 3 the copy out. */
+static petrel_err gather_piece(petreli_coll_call *call, const float *send, size_t at, size_t m,
+                               size_t n, float *recv, size_t k) {
+    petrel_comm *c = call->c;
+    int P = c->size;
+    size_t block = (m + (size_t)P - 2) / (size_t)(P - 1); /* P - 1 regions hold m floats */
+    petrel_err err = own_segment(call, block);
+    if (err != PETREL_OK) return err;
+    petreli_local *L = c->local;
+    float *a, *b;
+    size_t na;
+    gather_spans(&L->own, c->rank, P, m, &a, &na, &b);
+    memcpy(a, send + at, na * sizeof(float));
+    memcpy(b, send + at + na, (m - na) * sizeof(float));
+    err = k == 0 ? state_call(call, block) : phase_done(call, 2 * k);
+    if (err != PETREL_OK) return err;
+    for (int q = 0; q < P; q++) {
+        if (q == c->rank) continue;
+        float *to = recv + (size_t)q * n + at;
+        gather_spans(&L->peer[q], q, P, m, &a, &na, &b);
+        memcpy(to, a, na * sizeof(float));
+        memcpy(to + na, b, (m - na) * sizeof(float));
+    }
+    atomic_fetch_add(&c->payload_bytes_sent, m * sizeof(float));
+    atomic_fetch_add(&c->bytes_sent, m * sizeof(float));
+    atomic_fetch_add(&c->bytes_received, (size_t)(P - 1) * m * sizeof(float));
+    if ((err = phase_done(call, 2 * k + 1)) != PETREL_OK) return err;
+    if (L->own.linked) { /* every other member has mapped it */
+        shm_unlink(L->own.name);
+        L->own.linked = false;
+    }
+    return PETREL_OK;
+}
+
+petrel_err petreli_local_allgather(petreli_coll_call *call, const float *send, size_t n,
+                                   float *recv) {
+    size_t per_piece = (size_t)(call->c->size - 1) * (BLOCK_MAX_BYTES / sizeof(float));
+    size_t pieces = n ? (n + per_piece - 1) / per_piece : 1; /* n = 0 still checks the call */
+    for (size_t k = 0; k < pieces; k++) {
+        petrel_err err = gather_piece(call, send, petreli_part_start(n, pieces, k),
+                                      petreli_part_len(n, pieces, k), n, recv, k);
+        if (err != PETREL_OK) return err;
+    }
+    call->c->local->announced = true; /* every other member has mapped it (step 2) */
     return PETREL_OK;
 }
 

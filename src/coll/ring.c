@@ -103,12 +103,22 @@ static void allgather_plan(const void *ctx, size_t i, petreli_ring_io *io) {
 petrel_err petreli_petrel_allgather(petrel_comm *c, const float *send, size_t n, float *recv) {
     static float none;
     if (!send || !recv) send = recv = &none;
+    /* On one host, through the shared segments (local.c) unless the communicator
+     * asks for messages (RING or RECURSIVE_DOUBLING); stated in the call's header, so
+     * that members configured otherwise are told apart. */
+    bool local = c->size > 1 &&
+                 (c->cfg.algo == PETREL_ALGO_AUTO || c->cfg.algo == PETREL_ALGO_SHM) &&
+                 petreli_local_eligible(c);
     petreli_coll_call call;
-    petreli_coll_begin(&call, c, PETRELI_COLL_ALLGATHER, PETREL_REDUCE_SUM, n, 0, PETREL_ALGO_AUTO);
+    petreli_coll_begin(&call, c, PETRELI_COLL_ALLGATHER, PETREL_REDUCE_SUM, n, 0,
+                       local ? PETREL_ALGO_SHM : PETREL_ALGO_AUTO);
     float *own = recv + (size_t)c->rank * n;
     if (n && send != own) memmove(own, send, n * sizeof *own);
     petrel_err err = PETREL_OK;
-    if (c->size > 1) {
+    if (local) {
+        err = petreli_local_allgather(&call, own, n, recv);
+        if (err != PETREL_OK) petreli_local_failed(&call);
+    } else if (c->size > 1) {
         block_plan p = {.x = recv, .n = n, .P = c->size, .r = c->rank};
         size_t M = block_shape(&call, &p);
         err = petreli_ring_run(&call, (p.r + 1) % p.P, (p.r + p.P - 1) % p.P, M, p.Cs,

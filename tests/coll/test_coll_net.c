@@ -130,18 +130,21 @@ static bool collectives(petrel_net *net, const scenario *s) {
             ok = report(r, "mismatched allreduce shm", m, petrel_errmsg());
         ok = ok && check_allreduce(shm, x, 100003, PETREL_REDUCE_SUM, 13); /* usable again */
     }
-    if (ok && on_shm && P > 1) {
-        /* Another kind of call, where the others look for the call stated in the shared
-         * segments (every segment is known by now): found in the mailbox, in far less
-         * than the timeout. */
+    /* Another kind of call where the others state theirs in the shared segments (every
+     * segment is known by now): an allgather, which states its own there, and a
+     * barrier, which sends messages, found in the mailbox. Both in far less than the
+     * timeout. */
+    for (int other = 0; ok && on_shm && P > 1 && other < 2; other++) {
         uint64_t t0 = petrel_now_ns();
-        petrel_err err = r == P - 1 ? petrel_allgather(shm, y + (size_t)r * 1000, 1000, y)
-                                    : petrel_allreduce(shm, x, 100003, PETREL_REDUCE_SUM);
+        petrel_err err = r != P - 1 ? petrel_allreduce(shm, x, 100003, PETREL_REDUCE_SUM)
+                         : other    ? petrel_comm_barrier(shm)
+                                    : petrel_allgather(shm, y + (size_t)r * 1000, 1000, y);
         double ms = (double)(petrel_now_ns() - t0) * 1e-6;
-        if (err != PETREL_ERR_STATE ||
-            !strstr(petrel_errmsg(), r == P - 1 ? "allreduce of 100003" : "allgather of 1000") ||
-            ms > 2000)
-            ok = report(r, "allreduce shm against allgather", 100003, petrel_errmsg());
+        const char *theirs = r == P - 1 ? "allreduce of 100003" : other ? "barrier" : "allgather";
+        if (err != PETREL_ERR_STATE || !strstr(petrel_errmsg(), theirs) || ms > 2000)
+            ok = report(r,
+                        other ? "allreduce shm against barrier" : "allreduce shm against allgather",
+                        100003, petrel_errmsg());
         ok = ok && check_allreduce(shm, x, 100003, PETREL_REDUCE_SUM, 14); /* usable again */
     }
     /* ring and half_ring: AUTO would take shared memory in the shm scenarios */
@@ -157,13 +160,36 @@ static bool collectives(petrel_net *net, const scenario *s) {
             if (x[i] != value(P - 1, i, 8)) ok = report(r, "broadcast", n, "wrong value");
         if (!ok) report(r, "broadcast", n, petrel_errmsg());
     }
-    /* allgather in place, reduce-scatter */
-    if (ok) {
-        for (size_t i = 0; i < n; i++) y[(size_t)r * n + i] = value(r, i, 9);
-        ok = petrel_allgather(c, y + (size_t)r * n, n, y) == PETREL_OK;
+    /* allgather in place (on one host by AUTO through the shared segments, so also by
+     * the ring), and out of place in several pieces; reduce-scatter */
+    for (int k = 0; ok && k < 2; k++) {
+        for (size_t i = 0; i < (size_t)P * n; i++)
+            y[i] = i / n == (size_t)r ? value(r, i % n, 9) : -1;
+        ok = petrel_allgather(k ? ring : c, y + (size_t)r * n, n, y) == PETREL_OK;
         for (size_t i = 0; ok && i < (size_t)P * n; i++)
             if (y[i] != value((int)(i / n), i % n, 9))
-                ok = report(r, "allgather", n, "wrong value");
+                ok = report(r, k ? "allgather ring" : "allgather", n, "wrong value");
+    }
+    /* An allreduce, then at once an allgather on the same segments: a member may still
+     * be copying the first's result out of another's segment when that one starts. */
+    for (int k = 0; ok && k < 20; k++) {
+        ok = check_allreduce(c, x, 3001, PETREL_REDUCE_SUM, 20 + (unsigned)k);
+        for (size_t i = 0; i < (size_t)P * 1000; i++) y[i] = value(r, i % 1000, 40 + (unsigned)k);
+        ok = ok && petrel_allgather(c, y + (size_t)r * 1000, 1000, y) == PETREL_OK;
+        for (size_t i = 0; ok && i < (size_t)P * 1000; i++)
+            if (y[i] != value((int)(i / 1000), i % 1000, 40 + (unsigned)k))
+                ok = report(r, "allgather after allreduce", 1000, "wrong value");
+    }
+    if (ok && P <= 3) {
+        size_t m = (size_t)P * (512u << 10) + 7; /* above one piece of the shared segments */
+        float *all = malloc((size_t)P * m * sizeof *all);
+        ok = all != NULL;
+        for (size_t i = 0; ok && i < m; i++) x[i] = value(r, i, 15);
+        ok = ok && petrel_allgather(c, x, m, all) == PETREL_OK;
+        for (size_t i = 0; ok && i < (size_t)P * m; i++)
+            if (all[i] != value((int)(i / m), i % m, 15))
+                ok = report(r, "allgather in pieces", m, "wrong value");
+        free(all);
     }
     if (ok) {
         for (size_t i = 0; i < (size_t)P * n; i++) y[i] = value(r, i, 10);
