@@ -203,6 +203,24 @@ static bool collectives(petrel_net *net, const scenario *s) {
         for (int p = 0; p < P; p++)
             if (p != r && strcmp(petrel_net_link(net, p), "shm") != 0)
                 ok = report(r, "link", 0, "not shared memory");
+    if (ok && on_shm && P > 1) {
+        /* A member that does not come to a call where the others look for its statement
+         * in the segments: named at the timeout, as a member that sends nothing is. */
+        petrel_comm_config lc = petrel_comm_config_default();
+        lc.timeout_ms = 300;
+        petrel_comm *late = NULL;
+        ok = petrel_comm_new(&late, net, ranks, P, 7, lc) == PETREL_OK;
+        ok = ok && check_allreduce(late, x, 1000, PETREL_REDUCE_SUM, 17);
+        if (ok && r != P - 1) {
+            char who[32];
+            snprintf(who, sizeof who, "rank %d", P - 1);
+            petrel_err err = petrel_allreduce(late, x, 1000, PETREL_REDUCE_SUM);
+            if (err != PETREL_ERR_TIMEOUT || !strstr(petrel_errmsg(), who) ||
+                !strstr(petrel_errmsg(), "did it call allreduce"))
+                ok = report(r, "allreduce shm without the last member", 1000, petrel_errmsg());
+        }
+        petrel_comm_free(late);
+    }
     petrel_comm_free(shm);
     petrel_comm_free(half_ring);
     petrel_comm_free(half);
