@@ -231,6 +231,5 @@ petrel_err petreli_petrel_allreduce(petrel_comm *c, float *data, size_t n, petre
         err = algo == PETREL_ALGO_RING  ? ring_allreduce(&call, data, n)
               : algo == PETREL_ALGO_SHM ? petreli_local_allreduce(&call, data, n)
                                         : rd_allreduce(&call, data, n);
-    if (err != PETREL_OK && algo == PETREL_ALGO_SHM) petreli_local_failed(&call);
     return petreli_coll_end(&call, err);
 }

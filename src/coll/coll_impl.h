@@ -274,14 +274,13 @@ typedef struct petreli_local petreli_local;
  * transport open (petreli_net_can_share_memory): the same answer on every member,
  * whatever its links do. */
 bool petreli_local_eligible(petrel_comm *c);
-/* Allreduce of x (n) among members on one host; see local.c. */
+/* Allreduce of x (n) among members on one host; see local.c. A call that fails
+ * here says so in this member's segment, before petreli_coll_end sends the ABORT
+ * (as does the allgather). */
 PETREL_NODISCARD petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n);
 /* Allgather of send (n) into recv (P n), recv + rank n already holding send. */
 PETREL_NODISCARD petrel_err petreli_local_allgather(petreli_coll_call *call, const float *send,
                                                     size_t n, float *recv);
-/* Tells the other members, through the shared segment, that this call failed here
- * (before petreli_coll_end sends the ABORT). */
-void petreli_local_failed(petreli_coll_call *call);
 /* Unmaps and unlinks what c->local holds. */
 void petreli_local_free(petrel_comm *c);
 

@@ -264,11 +264,14 @@ static void set_mark(seg_header *h, uint64_t v) {
     ring_sleepers(h);
 }
 
-void petreli_local_failed(petreli_coll_call *call) {
+/* Tells the other members, through the shared segment, that this call failed here
+ * (before petreli_coll_end sends the ABORT); returns err. */
+static petrel_err failed(petreli_coll_call *call, petrel_err err) {
     petreli_local *L = call->c->local;
-    if (!L) return;
+    if (!L) return err;
     L->announced = false; /* another member may not have mapped it */
     if (L->own.base) set_mark(header(&L->own), (uint64_t)call->want.seq << 32 | 1);
+    return err;
 }
 
 /* What a member's header shows one that waits for it. */
@@ -349,6 +352,18 @@ static petrel_err phase_done(petreli_coll_call *call, size_t j) {
                                  petreli_coll_member_name(c, q, who, sizeof who));
     }
     return PETREL_OK;
+}
+
+/* Step 4 at the end of piece k: marks it done with, waits until every other member
+ * has, and then unlinks this member's segment name, which they have all mapped. */
+static petrel_err piece_done(petreli_coll_call *call, size_t k) {
+    petrel_err err = phase_done(call, 2 * k + 1);
+    petreli_local *L = call->c->local;
+    if (err == PETREL_OK && L->own.linked) {
+        shm_unlink(L->own.name);
+        L->own.linked = false;
+    }
+    return err;
 }
 
 /* Step 2 of a call's first piece: each member states its call to the others and
@@ -451,11 +466,7 @@ static petrel_err piece(petreli_coll_call *call, float *x, size_t m, size_t k) {
     atomic_fetch_add(&c->payload_bytes_sent, m * sizeof(float));
     atomic_fetch_add(&c->bytes_sent, m * sizeof(float));
     atomic_fetch_add(&c->bytes_received, (size_t)(P - 1) * mine + (m * sizeof(float) - mine));
-    if ((err = phase_done(call, 2 * k + 1)) != PETREL_OK) return err;
-    if (L->own.linked) { /* every other member has mapped it */
-        shm_unlink(L->own.name);
-        L->own.linked = false;
-    }
+    if ((err = piece_done(call, k)) != PETREL_OK) return err;
     for (int q = 0; q < P; q++)
         if (q != r)
             memcpy(x + petreli_part_start(m, (size_t)P, (size_t)q), region(&L->peer[q], q),
@@ -503,12 +514,7 @@ static petrel_err gather_piece(petreli_coll_call *call, const float *send, size_
     atomic_fetch_add(&c->payload_bytes_sent, m * sizeof(float));
     atomic_fetch_add(&c->bytes_sent, m * sizeof(float));
     atomic_fetch_add(&c->bytes_received, (size_t)(P - 1) * m * sizeof(float));
-    if ((err = phase_done(call, 2 * k + 1)) != PETREL_OK) return err;
-    if (L->own.linked) { /* every other member has mapped it */
-        shm_unlink(L->own.name);
-        L->own.linked = false;
-    }
-    return PETREL_OK;
+    return piece_done(call, k);
 }
 
 petrel_err petreli_local_allgather(petreli_coll_call *call, const float *send, size_t n,
@@ -518,7 +524,7 @@ petrel_err petreli_local_allgather(petreli_coll_call *call, const float *send, s
     for (size_t k = 0; k < pieces; k++) {
         petrel_err err = gather_piece(call, send, petreli_part_start(n, pieces, k),
                                       petreli_part_len(n, pieces, k), n, recv, k);
-        if (err != PETREL_OK) return err;
+        if (err != PETREL_OK) return failed(call, err);
     }
     call->c->local->announced = true; /* every other member has mapped it (step 2) */
     return PETREL_OK;
@@ -530,7 +536,7 @@ petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n) 
     for (size_t k = 0; k < pieces; k++) {
         petrel_err err =
             piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k), k);
-        if (err != PETREL_OK) return err;
+        if (err != PETREL_OK) return failed(call, err);
     }
     call->c->local->announced = true; /* every other member has mapped it (step 2) */
     return PETREL_OK;

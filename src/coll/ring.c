@@ -117,7 +117,6 @@ petrel_err petreli_petrel_allgather(petrel_comm *c, const float *send, size_t n,
     petrel_err err = PETREL_OK;
     if (local) {
         err = petreli_local_allgather(&call, own, n, recv);
-        if (err != PETREL_OK) petreli_local_failed(&call);
     } else if (c->size > 1) {
         block_plan p = {.x = recv, .n = n, .P = c->size, .r = c->rank};
         size_t M = block_shape(&call, &p);
