@@ -60,6 +60,7 @@ typedef struct petreli_tcp_conn {
     petreli_wire_header h;
     unsigned char *payload;
     size_t payload_have;
+    int rcvlowat; /* the socket's SO_RCVLOWAT (tcp.c, wake_when) */
 
     /* send */
     pthread_mutex_t smu;

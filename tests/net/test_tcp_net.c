@@ -1175,6 +1175,73 @@ static void test_pump_leaves_failures_to_the_io_thread(void) {
     }
 }
 
+/* The rest of a frame and a small frame after it, written by a thread after a pause. */
+typedef struct late_writer {
+    int fd;
+    const unsigned char *rest;
+    size_t rest_len;
+} late_writer;
+
+static void *late_writer_main(void *arg) {
+    late_writer *w = arg;
+    usleep(50000);
+    CHECK(raw_write(w->fd, w->rest, w->rest_len));
+    usleep(50000); /* the big frame is read before this one comes */
+    unsigned char small[PETRELI_WIRE_HEADER + 64];
+    petreli_wire_header h = header(1, 2, 0, 64);
+    petreli_wire_encode(&h, small);
+    fill(small + PETRELI_WIRE_HEADER, 64, 2, 0);
+    CHECK(raw_write(w->fd, small, sizeof small));
+    return NULL;
+}
+
+/* A frame of 1 MiB that comes in three pieces with pauses, while a reader waiting in
+ * the middle of a large frame sleeps until the rest of it has come (SO_RCVLOWAT, the
+ * low-water mark of tcp.c): a pump that gives up midway hands the link back with the
+ * mark raised, the I/O thread waits through the second piece, a second pump reads it
+ * and the rest. The frame arrives whole, and so does a 64-byte frame written after it
+ * was read, which only a mark back at one byte lets a reader see. */
+static void test_large_frame_in_pieces(void) {
+    node a;
+    unsigned char *frame = NULL;
+    int fd = -1;
+    if (!node_open(&a, 0, 2, "k") || (fd = raw_authenticated(&a, 1, 2, "k")) < 0) goto out;
+    enum { LEN = 1 << 20, FIRST = 200 << 10, SECOND = 600 << 10 };
+    frame = malloc(PETRELI_WIRE_HEADER + LEN);
+    petreli_wire_header h = header(1, 1, 0, LEN);
+    petreli_wire_encode(&h, frame);
+    fill(frame + PETRELI_WIRE_HEADER, LEN, 1, 0);
+    CHECK(raw_write(fd, frame, PETRELI_WIRE_HEADER + FIRST));
+    usleep(20000);
+    petreli_pump_result r = PETRELI_PUMP_BUSY;
+    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++) /* the I/O thread may be busy */
+        r = tcp->pump(a.t, 1, 0, deadline_in(30));
+    CHECK(r == PETRELI_PUMP_IDLE);
+    CHECK(raw_write(fd, frame + PETRELI_WIRE_HEADER + FIRST, SECOND));
+    usleep(30000);
+    CHECK(rec_count(&a.rec) == 0);
+    late_writer w = {fd, frame + PETRELI_WIRE_HEADER + FIRST + SECOND, LEN - FIRST - SECOND};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, late_writer_main, &w) == 0);
+    r = PETRELI_PUMP_BUSY;
+    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++)
+        r = tcp->pump(a.t, 1, 0, deadline_in(WAIT_MS));
+    CHECK(r == PETRELI_PUMP_MESSAGE);
+    pthread_join(th, NULL);
+    CHECK(rec_wait(&a.rec, 2, 0, -1, -1));
+    pthread_mutex_lock(&a.rec.mu);
+    CHECK(a.rec.n == 2);
+    if (a.rec.n == 2) {
+        CHECK(a.rec.frames[0].h.frame_len == LEN && matches(a.rec.frames[0].data, LEN, 1, 0));
+        CHECK(a.rec.frames[1].h.frame_len == 64 && matches(a.rec.frames[1].data, 64, 2, 0));
+    }
+    pthread_mutex_unlock(&a.rec.mu);
+out:
+    if (fd >= 0) close(fd);
+    free(frame);
+    node_close(&a);
+}
+
 int main(void) {
     seed = check_seed(seed);
     /* The refusals tested below are logged as warnings; keep the output readable. */
@@ -1204,6 +1271,7 @@ int main(void) {
     RUN(test_pump_idle);
     RUN(test_pump_and_disconnect);
     RUN(test_pump_leaves_failures_to_the_io_thread);
+    RUN(test_large_frame_in_pieces);
     CHECK_NO_LEAKS(before);
     return CHECK_DONE();
 }
