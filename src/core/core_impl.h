@@ -1,6 +1,7 @@
 /*
  * Internals of src/core that other modules share: atomic file replacement, and
- * futexes on words in memory shared between processes (at the end).
+ * (at the end) futexes on words in memory shared between processes and copies that
+ * bypass the cache.
  *
  * A file written through petreli_atomic_* appears under its name complete or not
  * at all: the bytes go to a temporary file beside it (same directory, so the same
@@ -57,5 +58,13 @@ PETREL_NODISCARD petrel_err petreli_write_file_atomic(const char *path, const vo
  * wakes every sleeper, so that one about to sleep with the old value does not. */
 void petreli_futex_wait(_Atomic uint32_t *word, uint32_t seen, uint64_t ns);
 void petreli_futex_ring(_Atomic uint32_t *word);
+
+/* Copying around the cache (copy.c). petreli_copy_nocache is memcpy with streaming
+ * stores (on x86-64; elsewhere memcpy): for a destination that will not fit in the
+ * cache, whose lines it then writes without reading them first. The stores are fenced
+ * before it returns. petreli_nocache_threshold is the size from which that pays: the
+ * level-3 cache that CPU 0 shares, from sysfs (else sysconf, else 32 MiB). */
+void petreli_copy_nocache(void *dst, const void *src, size_t n);
+size_t petreli_nocache_threshold(void);
 
 #endif

@@ -1,12 +1,14 @@
 /*
  * Tests of the core module: error codes and messages, log levels, counted allocation
- * with failure injection, arenas, the RNG, timers and threads.
+ * with failure injection, arenas, the RNG, timers and threads, and the copy that
+ * bypasses the cache.
  *
  * Statistical checks use a fixed seed (PETREL_TEST_SEED overrides it) and bounds
  * several standard deviations wide: they pass for any seed of a correct generator and
  * fail for a biased one. A failing test prints the seed.
  */
 #include "check.h"
+#include "core/core_impl.h"
 
 #include <signal.h>
 #include <stdint.h>
@@ -614,6 +616,37 @@ static void test_median(void) {
     CHECK(odd[0] == 1 && odd[4] == 9); /* sorted in place */
 }
 
+/* ---- copies around the cache ------------------------------------------------------ */
+
+/* petreli_copy_nocache against memcpy, the reference: every alignment of source and
+ * destination within a cache line, lengths around the 16-byte head and the 64-byte
+ * body, and a large odd one; the bytes around the destination stay as they were. */
+static void test_copy_nocache(void) {
+    enum { GUARD = 64, BIG = (1 << 20) + 7 };
+    static const size_t lens[] = {0, 1, 15, 16, 17, 63, 64, 65, 127, 200, 4096 + 13};
+    unsigned char *src = malloc(BIG + 128), *dst = malloc(BIG + 128 + 2 * GUARD);
+    unsigned char *want = malloc(BIG + 128 + 2 * GUARD);
+    for (size_t i = 0; i < BIG + 128; i++) src[i] = (unsigned char)(i * 31 + (i >> 8));
+    int bad = 0;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0] + 1; li++) {
+        size_t n = li < sizeof lens / sizeof lens[0] ? lens[li] : BIG;
+        for (size_t so = 0; so < 64; so += n == BIG ? 21 : 1)
+            for (size_t d0 = 0; d0 < 64; d0 += n == BIG ? 13 : 1) {
+                memset(dst, 0xa5, BIG + 128 + 2 * GUARD);
+                memset(want, 0xa5, BIG + 128 + 2 * GUARD);
+                memcpy(want + GUARD + d0, src + so, n);
+                petreli_copy_nocache(dst + GUARD + d0, src + so, n);
+                bad += memcmp(dst, want, n + d0 + 2 * GUARD) != 0;
+            }
+    }
+    CHECK(bad == 0);
+    size_t t = petreli_nocache_threshold();
+    CHECK(t >= (1u << 20) && t == petreli_nocache_threshold());
+    free(src);
+    free(dst);
+    free(want);
+}
+
 int main(void) {
     seed = check_seed(seed);
     RUN(test_log_level_from_env); /* first: the level is cached on first use */
@@ -638,5 +671,6 @@ int main(void) {
     RUN_SEEDED(test_rng_shuffle, seed);
     RUN(test_timers);
     RUN(test_threads);
+    RUN(test_copy_nocache);
     return CHECK_DONE();
 }
