@@ -264,16 +264,6 @@ static void set_mark(seg_header *h, uint64_t v) {
     ring_sleepers(h);
 }
 
-/* Tells the other members, through the shared segment, that this call failed here
- * (before petreli_coll_end sends the ABORT); returns err. */
-static petrel_err failed(petreli_coll_call *call, petrel_err err) {
-    petreli_local *L = call->c->local;
-    if (!L) return err;
-    L->announced = false; /* another member may not have mapped it */
-    if (L->own.base) set_mark(header(&L->own), (uint64_t)call->want.seq << 32 | 1);
-    return err;
-}
-
 /* What a member's header shows one that waits for it. */
 typedef enum sight {
     SIGHT_NONE,
@@ -517,27 +507,40 @@ static petrel_err gather_piece(petreli_coll_call *call, const float *send, size_
     return piece_done(call, k);
 }
 
+/* How many pieces n elements take when `regions` regions of a segment hold one;
+ * n = 0 still takes one, which checks the call. */
+static size_t pieces_of(size_t n, int regions) {
+    size_t per_piece = (size_t)regions * (BLOCK_MAX_BYTES / sizeof(float));
+    return n ? (n + per_piece - 1) / per_piece : 1;
+}
+
+/* The end of a call through the segments. After a success every other member has
+ * mapped this member's segment (step 2). A failure is marked in the segment, which
+ * tells the others before petreli_coll_end sends the ABORT; another member may then
+ * not have mapped it. */
+static petrel_err call_end(petreli_coll_call *call, petrel_err err) {
+    petreli_local *L = call->c->local;
+    if (!L) return err;
+    L->announced = err == PETREL_OK;
+    if (err != PETREL_OK && L->own.base)
+        set_mark(header(&L->own), (uint64_t)call->want.seq << 32 | 1);
+    return err;
+}
+
 petrel_err petreli_local_allgather(petreli_coll_call *call, const float *send, size_t n,
                                    float *recv) {
-    size_t per_piece = (size_t)(call->c->size - 1) * (BLOCK_MAX_BYTES / sizeof(float));
-    size_t pieces = n ? (n + per_piece - 1) / per_piece : 1; /* n = 0 still checks the call */
-    for (size_t k = 0; k < pieces; k++) {
-        petrel_err err = gather_piece(call, send, petreli_part_start(n, pieces, k),
-                                      petreli_part_len(n, pieces, k), n, recv, k);
-        if (err != PETREL_OK) return failed(call, err);
-    }
-    call->c->local->announced = true; /* every other member has mapped it (step 2) */
-    return PETREL_OK;
+    size_t pieces = pieces_of(n, call->c->size - 1);
+    petrel_err err = PETREL_OK;
+    for (size_t k = 0; k < pieces && err == PETREL_OK; k++)
+        err = gather_piece(call, send, petreli_part_start(n, pieces, k),
+                           petreli_part_len(n, pieces, k), n, recv, k);
+    return call_end(call, err);
 }
 
 petrel_err petreli_local_allreduce(petreli_coll_call *call, float *x, size_t n) {
-    size_t per_piece = (size_t)call->c->size * (BLOCK_MAX_BYTES / sizeof(float));
-    size_t pieces = n ? (n + per_piece - 1) / per_piece : 1; /* n = 0 still checks the call */
-    for (size_t k = 0; k < pieces; k++) {
-        petrel_err err =
-            piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k), k);
-        if (err != PETREL_OK) return failed(call, err);
-    }
-    call->c->local->announced = true; /* every other member has mapped it (step 2) */
-    return PETREL_OK;
+    size_t pieces = pieces_of(n, call->c->size);
+    petrel_err err = PETREL_OK;
+    for (size_t k = 0; k < pieces && err == PETREL_OK; k++)
+        err = piece(call, x + petreli_part_start(n, pieces, k), petreli_part_len(n, pieces, k), k);
+    return call_end(call, err);
 }

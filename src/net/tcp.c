@@ -70,6 +70,7 @@ static int ms_until(uint64_t deadline_ns) {
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* ns as a timespec: a CLOCK_MONOTONIC time, or a span. */
 static struct timespec mono_ts(uint64_t ns) {
     if (ns > (uint64_t)INT64_MAX) ns = (uint64_t)INT64_MAX;
     return (struct timespec){.tv_sec = (time_t)(ns / 1000000000u),
@@ -674,8 +675,7 @@ static petreli_pump_result tcp_pump(void *tp, int peer, uint64_t spin_until_ns, 
             continue;
         }
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        struct timespec left = {(time_t)((until_ns - now) / 1000000000u),
-                                (long)((until_ns - now) % 1000000000u)};
+        struct timespec left = mono_ts(until_ns - now);
         (void)ppoll(&p, 1, &left, NULL);
     }
     if (res == PETRELI_PUMP_MESSAGE)

@@ -75,6 +75,17 @@ static bool check_allreduce(petrel_comm *c, float *x, size_t n, petrel_reduce_op
     return true;
 }
 
+/* petrel_allgather of send (n values of this member's, by salt) into recv: every
+ * member's block in place. */
+static bool check_allgather(petrel_comm *c, const float *send, size_t n, float *recv, unsigned salt,
+                            const char *what) {
+    int r = petrel_comm_rank(c), P = petrel_comm_size(c);
+    if (petrel_allgather(c, send, n, recv) != PETREL_OK) return report(r, what, n, petrel_errmsg());
+    for (size_t i = 0; i < (size_t)P * n; i++)
+        if (recv[i] != value((int)(i / n), i % n, salt)) return report(r, what, n, "wrong value");
+    return true;
+}
+
 static bool collectives(petrel_net *net, const scenario *s) {
     int r = petrel_net_rank(net), P = s->size, ranks[8];
     for (int i = 0; i < P; i++) ranks[i] = i;
@@ -165,30 +176,23 @@ static bool collectives(petrel_net *net, const scenario *s) {
     for (int k = 0; ok && k < 2; k++) {
         for (size_t i = 0; i < (size_t)P * n; i++)
             y[i] = i / n == (size_t)r ? value(r, i % n, 9) : -1;
-        ok = petrel_allgather(k ? ring : c, y + (size_t)r * n, n, y) == PETREL_OK;
-        for (size_t i = 0; ok && i < (size_t)P * n; i++)
-            if (y[i] != value((int)(i / n), i % n, 9))
-                ok = report(r, k ? "allgather ring" : "allgather", n, "wrong value");
+        ok = check_allgather(k ? ring : c, y + (size_t)r * n, n, y, 9,
+                             k ? "allgather ring" : "allgather");
     }
     /* An allreduce, then at once an allgather on the same segments: a member may still
      * be copying the first's result out of another's segment when that one starts. */
     for (int k = 0; ok && k < 20; k++) {
         ok = check_allreduce(c, x, 3001, PETREL_REDUCE_SUM, 20 + (unsigned)k);
         for (size_t i = 0; i < (size_t)P * 1000; i++) y[i] = value(r, i % 1000, 40 + (unsigned)k);
-        ok = ok && petrel_allgather(c, y + (size_t)r * 1000, 1000, y) == PETREL_OK;
-        for (size_t i = 0; ok && i < (size_t)P * 1000; i++)
-            if (y[i] != value((int)(i / 1000), i % 1000, 40 + (unsigned)k))
-                ok = report(r, "allgather after allreduce", 1000, "wrong value");
+        ok = ok && check_allgather(c, y + (size_t)r * 1000, 1000, y, 40 + (unsigned)k,
+                                   "allgather after allreduce");
     }
     if (ok && P <= 3) {
         size_t m = (size_t)P * (512u << 10) + 7; /* above one piece of the shared segments */
         float *all = malloc((size_t)P * m * sizeof *all);
         ok = all != NULL;
         for (size_t i = 0; ok && i < m; i++) x[i] = value(r, i, 15);
-        ok = ok && petrel_allgather(c, x, m, all) == PETREL_OK;
-        for (size_t i = 0; ok && i < (size_t)P * m; i++)
-            if (all[i] != value((int)(i / m), i % m, 15))
-                ok = report(r, "allgather in pieces", m, "wrong value");
+        ok = ok && check_allgather(c, x, m, all, 15, "allgather in pieces");
         free(all);
     }
     if (ok) {

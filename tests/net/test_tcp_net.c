@@ -1088,17 +1088,25 @@ out:
     node_close(&a);
 }
 
+/* Pumps n's link to peer on this thread, polling for spin_ms and waiting up to
+ * until_ms; tried again, up to 10 times, while the I/O thread has the link (BUSY).
+ * *t0: when the last try began. */
+static petreli_pump_result pump_once(node *n, int peer, int spin_ms, int until_ms, uint64_t *t0) {
+    petreli_pump_result r = PETRELI_PUMP_BUSY;
+    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++) {
+        *t0 = petrel_now_ns();
+        r = tcp->pump(n->t, peer, *t0 + (uint64_t)spin_ms * 1000000u,
+                      *t0 + (uint64_t)until_ms * 1000000u);
+    }
+    return r;
+}
+
 /* A pump that gets nothing returns at its deadline and gives the link back. */
 static void test_pump_idle(void) {
     node a, b;
     if (!pair_open(&a, &b, "k")) goto out;
     uint64_t t0;
-    petreli_pump_result r = PETRELI_PUMP_BUSY;
-    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++) { /* the I/O thread may be busy */
-        t0 = petrel_now_ns();
-        r = tcp->pump(a.t, 1, t0 + 5000000, t0 + 30000000);
-    }
-    CHECK(r == PETRELI_PUMP_IDLE);
+    CHECK(pump_once(&a, 1, 5, 30, &t0) == PETRELI_PUMP_IDLE);
     uint64_t took = petrel_now_ns() - t0;
     CHECK(took >= 30000000 && took < (uint64_t)WAIT_MS * 1000000u);
     CHECK(tcp->pump(a.t, 3, 0, deadline_in(10)) == PETRELI_PUMP_BUSY); /* not a peer */
@@ -1213,20 +1221,15 @@ static void test_large_frame_in_pieces(void) {
     fill(frame + PETRELI_WIRE_HEADER, LEN, 1, 0);
     CHECK(raw_write(fd, frame, PETRELI_WIRE_HEADER + FIRST));
     usleep(20000);
-    petreli_pump_result r = PETRELI_PUMP_BUSY;
-    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++) /* the I/O thread may be busy */
-        r = tcp->pump(a.t, 1, 0, deadline_in(30));
-    CHECK(r == PETRELI_PUMP_IDLE);
+    uint64_t t0;
+    CHECK(pump_once(&a, 1, 0, 30, &t0) == PETRELI_PUMP_IDLE);
     CHECK(raw_write(fd, frame + PETRELI_WIRE_HEADER + FIRST, SECOND));
     usleep(30000);
     CHECK(rec_count(&a.rec) == 0);
     late_writer w = {fd, frame + PETRELI_WIRE_HEADER + FIRST + SECOND, LEN - FIRST - SECOND};
     pthread_t th;
     CHECK(pthread_create(&th, NULL, late_writer_main, &w) == 0);
-    r = PETRELI_PUMP_BUSY;
-    for (int i = 0; i < 10 && r == PETRELI_PUMP_BUSY; i++)
-        r = tcp->pump(a.t, 1, 0, deadline_in(WAIT_MS));
-    CHECK(r == PETRELI_PUMP_MESSAGE);
+    CHECK(pump_once(&a, 1, 0, WAIT_MS, &t0) == PETRELI_PUMP_MESSAGE);
     pthread_join(th, NULL);
     CHECK(rec_wait(&a.rec, 2, 0, -1, -1));
     pthread_mutex_lock(&a.rec.mu);
